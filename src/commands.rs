@@ -1,0 +1,107 @@
+//! The one-shot subcommands: `ocr` (files through the engine pool) and `healthcheck`.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::{
+    config::{HealthcheckArgs, OcrArgs},
+    model::{InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL},
+    ocr::{EnginePool, ImageInput, OutputKind},
+    oip::pb::{grpc_inference_service_client::GrpcInferenceServiceClient, ServerReadyRequest},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Pool(#[from] crate::ocr::PoolError),
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Infer { path: String, source: InferError },
+    #[error("{0}")]
+    Option(InferError),
+    #[error("server at {addr} is not reachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("server at {0} is not ready")]
+    NotReady(String),
+}
+
+/// Recognises each file and prints its text (or one JSON object per line with `--json`).
+pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
+    let model = Model::new(DEFAULT_MODEL.to_owned(), EnginePool::start(args.engine.validate()?)?);
+    model.pool().wait_ready().await?;
+    let mut options = model.options_builder();
+    if let Some(psm) = args.psm {
+        options
+            .apply("option", "psm", ParamValue::Int(psm))
+            .map_err(CommandError::Option)?;
+    }
+    let options = options.build();
+    let outputs = if args.json {
+        vec![OutputKind::Text, OutputKind::Confidence, OutputKind::Words]
+    } else {
+        vec![OutputKind::Text]
+    };
+    for path in &args.files {
+        let name = path.display().to_string();
+        let file = std::fs::read(path).map_err(|source| CommandError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let request = InferRequest {
+            id: name.clone(),
+            images: vec![ImageInput::Encoded(Bytes::from(file))],
+            options: options.clone(),
+            outputs: outputs.clone(),
+            deadline: None,
+        };
+        let mut response = model.infer(request).await.map_err(|source| CommandError::Infer {
+            path: name.clone(),
+            source,
+        })?;
+        let result = response.results.remove(0);
+        let text = result.text.unwrap_or_default();
+        if args.json {
+            let line = json!({
+                "file": name,
+                "text": text,
+                "confidence": result.confidence,
+                "words": result.words,
+            });
+            println!("{line}");
+        } else {
+            print!("{text}");
+        }
+    }
+    Ok(())
+}
+
+/// Succeeds when the server answers ServerReady with `ready: true` within the timeout.
+pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
+    let addr = args.addr().to_string();
+    let unreachable = |reason: String| CommandError::Unreachable {
+        addr: addr.clone(),
+        reason,
+    };
+    let check = async {
+        let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let reply = client
+            .server_ready(ServerReadyRequest {})
+            .await
+            .map_err(|status| unreachable(status.message().to_owned()))?;
+        match reply.into_inner().ready {
+            true => Ok(()),
+            false => Err(CommandError::NotReady(addr.clone())),
+        }
+    };
+    tokio::time::timeout(args.timeout(), check)
+        .await
+        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {:?}", args.timeout()))))
+}

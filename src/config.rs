@@ -1,0 +1,352 @@
+//! Command line and environment configuration, in two stages: clap parses raw arguments
+//! (every option also a `TESSERVE_*` environment variable), then `validate` turns them into the
+//! config types the rest of the program uses. Nothing downstream sees an unvalidated value.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::ocr::{ImageLimits, Languages, PoolConfig};
+
+pub const DEFAULT_BIND: &str = "0.0.0.0";
+/// KServe's convention for the gRPC (h2c) port.
+pub const DEFAULT_GRPC_PORT: u16 = 8081;
+/// KServe's convention for the REST port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+pub const DEFAULT_MODEL_NAME: &str = "ocr";
+pub const DEFAULT_LANG: &str = "eng";
+/// Room for a few large scans in one request; tonic's own default is 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 << 20;
+/// About an A3 page at 600 dpi. Layout analysis time grows with pixels, so this bounds it.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 50_000_000;
+pub const DEFAULT_QUEUE_CAPACITY: &str = "128";
+pub const DEFAULT_ENGINES_PER_WORKER: &str = "4";
+pub const DEFAULT_HEALTHCHECK_TIMEOUT_SECS: u64 = 3;
+
+/// Where Debian, Ubuntu and source installs put traineddata, searched in this order when
+/// neither `--tessdata` nor `TESSDATA_PREFIX` is set.
+pub const TESSDATA_SEARCH_PATH: &[&str] = &[
+    "/usr/share/tesseract-ocr/5/tessdata",
+    "/usr/share/tesseract-ocr/4.00/tessdata",
+    "/usr/share/tessdata",
+    "/usr/local/share/tessdata",
+];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tesserve",
+    version,
+    about = "Tesseract OCR served over the KServe Open Inference Protocol",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `serve`, which runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log line format: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, env = "TESSERVE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the OIP gRPC API (the default).
+    Serve(ServeArgs),
+    /// Recognise image files once, through the same engine pool, and print their text.
+    Ocr(OcrArgs),
+    /// Exit 0 when the server on this machine reports ready (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TESSERVE_BIND", default_value = DEFAULT_BIND)]
+    pub bind: IpAddr,
+
+    /// gRPC port (h2c). 0 picks a free port.
+    #[arg(long = "grpc-port", alias = "grpc_port", env = "TESSERVE_GRPC_PORT", default_value_t = DEFAULT_GRPC_PORT)]
+    pub grpc_port: u16,
+
+    /// REST port, for the REST transcoder.
+    #[arg(long = "http-port", alias = "http_port", env = "TESSERVE_HTTP_PORT", default_value_t = DEFAULT_HTTP_PORT)]
+    pub http_port: u16,
+
+    /// Name the model is served under.
+    #[arg(long = "model-name", alias = "model_name", env = "TESSERVE_MODEL_NAME", default_value = DEFAULT_MODEL_NAME)]
+    pub model_name: String,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "TESSERVE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Engine worker threads, each with its own Tesseract engine. Default: the CPUs available
+    /// to the process (cgroup limits included).
+    #[arg(long, env = "TESSERVE_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Images that may wait for an engine; beyond this, requests fail fast with UNAVAILABLE.
+    #[arg(long, env = "TESSERVE_QUEUE_CAPACITY", default_value = DEFAULT_QUEUE_CAPACITY)]
+    pub queue_capacity: NonZeroUsize,
+
+    /// Engines (one per language combination) each worker keeps loaded.
+    #[arg(long, env = "TESSERVE_ENGINES_PER_WORKER", default_value = DEFAULT_ENGINES_PER_WORKER)]
+    pub engines_per_worker: NonZeroUsize,
+
+    /// Directory holding `*.traineddata`. Default: $TESSDATA_PREFIX, then the usual system
+    /// locations.
+    #[arg(long, env = "TESSERVE_TESSDATA")]
+    pub tessdata: Option<PathBuf>,
+
+    /// Default recognition language(s), e.g. `eng` or `eng+deu`; preloaded at start.
+    #[arg(long, env = "TESSERVE_LANG", default_value = DEFAULT_LANG)]
+    pub lang: String,
+
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "TESSERVE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: usize,
+
+    /// Largest image accepted, in pixels (width × height); checked from the file header
+    /// before decoding.
+    #[arg(long, env = "TESSERVE_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_image_pixels: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct OcrArgs {
+    /// Image files to recognise.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Print one JSON object per file (text, confidence, words) instead of plain text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Page segmentation mode, 0 to 13.
+    #[arg(long)]
+    pub psm: Option<i64>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Host of the server to ask.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// gRPC port of the server to ask.
+    #[arg(long = "grpc-port", alias = "grpc_port", env = "TESSERVE_GRPC_PORT", default_value_t = DEFAULT_GRPC_PORT)]
+    pub grpc_port: u16,
+
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = DEFAULT_HEALTHCHECK_TIMEOUT_SECS)]
+    pub timeout: u64,
+}
+
+impl HealthcheckArgs {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.grpc_port)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no tessdata directory found (looked in {searched}); install tesseract-ocr-eng or set --tessdata")]
+    NoTessdata { searched: String },
+    #[error("cannot read tessdata directory {path}: {source}")]
+    Tessdata {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--lang: {0}")]
+    Lang(#[from] crate::ocr::LangError),
+    #[error("--{name} must be greater than 0")]
+    Zero { name: &'static str },
+}
+
+/// A validated `serve` configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub model_name: String,
+    pub max_message_bytes: usize,
+    pub pool: PoolConfig,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::Zero {
+                name: "max-message-bytes",
+            });
+        }
+        Ok(ServeConfig {
+            grpc_addr: SocketAddr::new(self.bind, self.grpc_port),
+            http_addr: SocketAddr::new(self.bind, self.http_port),
+            model_name: self.model_name.clone(),
+            max_message_bytes: self.max_message_bytes,
+            pool: self.engine.validate()?,
+        })
+    }
+}
+
+impl EngineArgs {
+    pub fn validate(&self) -> Result<PoolConfig, ConfigError> {
+        if self.max_image_bytes == 0 {
+            return Err(ConfigError::Zero {
+                name: "max-image-bytes",
+            });
+        }
+        if self.max_image_pixels == 0 {
+            return Err(ConfigError::Zero {
+                name: "max-image-pixels",
+            });
+        }
+        let tessdata = match &self.tessdata {
+            Some(dir) => dir.clone(),
+            None => find_tessdata(std::env::var_os("TESSDATA_PREFIX").map(PathBuf::from))?,
+        };
+        let languages = Languages::scan(&tessdata).map_err(|source| ConfigError::Tessdata {
+            path: tessdata.clone(),
+            source,
+        })?;
+        let default_lang = languages.parse(&self.lang)?;
+        let workers = self
+            .workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN);
+        Ok(PoolConfig {
+            workers,
+            queue_capacity: self.queue_capacity,
+            engines_per_worker: self.engines_per_worker,
+            tessdata,
+            languages,
+            default_lang,
+            limits: ImageLimits {
+                max_bytes: self.max_image_bytes,
+                max_pixels: self.max_image_pixels,
+            },
+        })
+    }
+}
+
+fn find_tessdata(prefix: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let candidates = prefix
+        .into_iter()
+        .chain(TESSDATA_SEARCH_PATH.iter().map(PathBuf::from));
+    let mut searched = Vec::new();
+    for dir in candidates {
+        if has_traineddata(&dir) {
+            return Ok(dir);
+        }
+        searched.push(dir.display().to_string());
+    }
+    Err(ConfigError::NoTessdata {
+        searched: searched.join(", "),
+    })
+}
+
+fn has_traineddata(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|ext| ext == "traineddata"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tesserve").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn serve_is_the_default_with_kserve_defaults() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.grpc_port, 8081);
+        assert_eq!(cli.serve.http_port, 8080);
+        assert_eq!(cli.serve.model_name, "ocr");
+        assert_eq!(cli.serve.max_message_bytes, 64 << 20);
+        assert_eq!(cli.serve.engine.lang, "eng");
+    }
+
+    #[test]
+    fn kserve_style_flags_are_accepted_in_both_forms() {
+        let cli = parse(&["--model_name=receipts", "--grpc_port", "9001", "--http_port=9000"]);
+        assert_eq!(cli.serve.model_name, "receipts");
+        assert_eq!(cli.serve.grpc_port, 9001);
+        assert_eq!(cli.serve.http_port, 9000);
+    }
+
+    #[test]
+    fn subcommands_take_their_own_options() {
+        let cli = parse(&["ocr", "--json", "--psm", "6", "a.png", "b.png"]);
+        let Some(Command::Ocr(ocr)) = cli.command else {
+            panic!("expected ocr")
+        };
+        assert!(ocr.json);
+        assert_eq!(ocr.psm, Some(6));
+        assert_eq!(ocr.files.len(), 2);
+        let cli = parse(&["healthcheck", "--grpc-port", "9"]);
+        assert!(matches!(cli.command, Some(Command::Healthcheck(h)) if h.grpc_port == 9));
+    }
+
+    #[test]
+    fn zero_sizes_are_refused_before_anything_starts() {
+        assert!(Cli::try_parse_from(["tesserve", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tesserve", "--queue-capacity", "0"]).is_err());
+        let cli = parse(&["--max-image-pixels", "0"]);
+        assert!(matches!(
+            cli.serve.validate(),
+            Err(ConfigError::Zero {
+                name: "max-image-pixels"
+            })
+        ));
+    }
+
+    #[test]
+    fn tessdata_search_names_every_place_it_looked() {
+        let missing = PathBuf::from("/nonexistent/tessdata");
+        let found = find_tessdata(Some(missing));
+        // On a machine with Tesseract installed the search falls through to a system path.
+        match found {
+            Ok(dir) => assert!(has_traineddata(&dir)),
+            Err(ConfigError::NoTessdata { searched }) => {
+                assert!(searched.starts_with("/nonexistent/tessdata"))
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}

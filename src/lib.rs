@@ -1,0 +1,13 @@
+//! tesserve: Tesseract OCR served over the KServe Open Inference Protocol.
+//!
+//! The layers, outside in: [`server`] (listeners, health, reflection, shutdown) → [`oip`]
+//! (protocol adapters) → [`model`] (the one inference path) → [`ocr`] (images, engines, the
+//! pool). Each layer knows only the one below it.
+
+pub mod commands;
+pub mod config;
+pub mod model;
+pub mod ocr;
+pub mod oip;
+pub mod server;
+pub mod telemetry;

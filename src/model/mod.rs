@@ -1,0 +1,218 @@
+//! The OCR model as the protocols see it: its contract (name, version, tensors) and the one
+//! inference path. gRPC, REST and the gateway all build an [`InferRequest`] and call
+//! [`Model::infer`]; nothing else reaches the engine pool.
+
+mod error;
+mod params;
+mod stats;
+
+use std::{sync::Arc, time::Instant};
+
+pub use self::error::{ErrorKind, InferError};
+pub use self::params::{OptionsBuilder, ParamValue};
+pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
+
+use crate::ocr::{
+    EnginePool, EngineError, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
+};
+
+/// The platform reported in model metadata.
+pub const PLATFORM: &str = "tesseract";
+/// The only version of the model; requests may name it or leave the version empty.
+pub const VERSION: &str = "1";
+/// The name the model is served under unless configured otherwise.
+pub const DEFAULT_MODEL: &str = crate::config::DEFAULT_MODEL_NAME;
+/// The model's one input.
+pub const INPUT_NAME: &str = "image";
+
+/// One tensor of the model's signature. `-1` marks a variable dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: &'static [i64],
+}
+
+/// The input as metadata declares it: one encoded image file per element. Raw UINT8 pixels
+/// ([H,W], [H,W,C], [N,H,W,C]) are accepted too.
+pub const INPUT: TensorSpec = TensorSpec {
+    name: INPUT_NAME,
+    datatype: "BYTES",
+    shape: &[-1],
+};
+
+impl OutputKind {
+    pub fn spec(self) -> TensorSpec {
+        let datatype = match self {
+            OutputKind::Confidence => "FP32",
+            _ => "BYTES",
+        };
+        TensorSpec {
+            name: self.name(),
+            datatype,
+            shape: &[-1],
+        }
+    }
+}
+
+/// An inference request in protocol-neutral form.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: String,
+    pub images: Vec<ImageInput>,
+    pub options: OcrOptions,
+    /// The outputs to return, in response order, without duplicates.
+    pub outputs: Vec<OutputKind>,
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct InferResponse {
+    pub id: String,
+    pub outputs: Vec<OutputKind>,
+    /// One result per input image, in input order.
+    pub results: Vec<OcrResult>,
+}
+
+pub struct Model {
+    name: String,
+    pool: EnginePool,
+    stats: Stats,
+}
+
+impl Model {
+    pub fn new(name: String, pool: EnginePool) -> Arc<Model> {
+        Arc::new(Model {
+            name,
+            pool,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pool(&self) -> &EnginePool {
+        &self.pool
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.pool.is_ready()
+    }
+
+    /// The options a request starts from before its parameters apply.
+    pub fn default_options(&self) -> OcrOptions {
+        OcrOptions::new(self.pool.default_lang().clone())
+    }
+
+    pub fn options_builder(&self) -> OptionsBuilder<'_> {
+        OptionsBuilder::new(self.pool.languages(), self.default_options())
+    }
+
+    /// Checks that a request addresses this model; an empty version means the current one.
+    pub fn resolve(&self, name: &str, version: &str) -> Result<(), InferError> {
+        if name != self.name {
+            return Err(InferError::ModelNotFound {
+                requested: name.to_owned(),
+                served: self.name.clone(),
+            });
+        }
+        if !version.is_empty() && version != VERSION {
+            return Err(InferError::VersionNotFound {
+                model: self.name.clone(),
+                requested: version.to_owned(),
+                available: VERSION.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Recognises every image of the request across the pool and returns the results in input
+    /// order. Fails as a whole if any image fails, naming the image.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
+        let started = Instant::now();
+        let result = self.run(request).await;
+        match &result {
+            Ok(response) => {
+                let timings: Vec<_> = response.results.iter().map(|r| r.timings).collect();
+                self.stats.record_success(&timings, started.elapsed());
+            }
+            Err(_) => self.stats.record_failure(started.elapsed()),
+        }
+        result
+    }
+
+    async fn run(&self, request: InferRequest) -> Result<InferResponse, InferError> {
+        if !self.is_ready() {
+            return Err(InferError::NotReady(self.name.clone()));
+        }
+        if request.images.is_empty() {
+            return Err(InferError::InvalidInput(format!(
+                "input '{INPUT_NAME}' has no elements"
+            )));
+        }
+        // Header-only checks: an oversized or undecodable image is refused before it queues.
+        let limits = self.pool.limits();
+        for (index, image) in request.images.iter().enumerate() {
+            image
+                .inspect(limits)
+                .map_err(|source| InferError::Image { index, source })?;
+        }
+        let deadline = request.deadline;
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(InferError::DeadlineExceeded);
+        }
+
+        let options = Arc::new(request.options);
+        let outputs = request.outputs.iter().copied().collect();
+        let jobs = request
+            .images
+            .into_iter()
+            .map(|image| Job {
+                image,
+                options: options.clone(),
+                outputs,
+                deadline,
+            })
+            .collect();
+        let receivers = self.pool.submit(jobs)?;
+
+        // Dropping the receivers (on an error or at the deadline) cancels the images still
+        // queued or running.
+        let collect = async {
+            let mut results = Vec::with_capacity(receivers.len());
+            for (index, receiver) in receivers.into_iter().enumerate() {
+                let reply = receiver
+                    .await
+                    .map_err(|_| InferError::Internal("an engine worker exited".into()))?;
+                results.push(reply.map_err(|error| job_error(index, error))?);
+            }
+            Ok::<_, InferError>(results)
+        };
+        let results = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), collect)
+                .await
+                .map_err(|_| InferError::DeadlineExceeded)??,
+            None => collect.await?,
+        };
+        Ok(InferResponse {
+            id: request.id,
+            outputs: request.outputs,
+            results,
+        })
+    }
+}
+
+fn job_error(index: usize, error: JobError) -> InferError {
+    match error {
+        JobError::Image(source) => InferError::Image { index, source },
+        JobError::DeadlineExceeded => InferError::DeadlineExceeded,
+        JobError::Engine(EngineError::Cancelled) => InferError::Cancelled,
+        other => InferError::Internal(format!("input 'image'[{index}]: {other}")),
+    }
+}

@@ -1,0 +1,14 @@
+//! The OCR domain: image decoding under limits, Tesseract engines and the pool that runs them.
+//!
+//! Nothing here knows about gRPC, HTTP or protobuf; the protocol adapters in [`crate::oip`]
+//! translate their wire formats into these types.
+
+mod engine;
+pub mod image;
+mod options;
+mod pool;
+
+pub use self::engine::{EngineError, OcrResult, Timings, Word};
+pub use self::image::{ImageError, ImageInput, ImageLimits, RawPixels};
+pub use self::options::{Lang, LangError, Languages, OcrOptions, OutputKind, OutputSet, Psm};
+pub use self::pool::{EnginePool, Job, JobError, PoolConfig, PoolError, QueueFull};

@@ -1,0 +1,332 @@
+//! The engine pool: N worker threads, each owning its Tesseract engines, fed by one bounded
+//! queue.
+//!
+//! Tesseract is blocking, CPU-bound and not thread-safe per instance, so each engine lives on
+//! one OS thread and never moves. Admission is all-or-nothing per batch: a request's images are
+//! either all queued or the request is refused at once, so a full queue never strands half a
+//! batch and never makes a caller wait unboundedly.
+
+use std::{
+    num::NonZeroUsize,
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::Instant,
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    engine::{Engine, EngineError, OcrResult},
+    image::{ImageError, ImageInput, ImageLimits},
+    Lang, Languages, OcrOptions, OutputSet,
+};
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub workers: NonZeroUsize,
+    /// Images that may wait for an engine, across all requests.
+    pub queue_capacity: NonZeroUsize,
+    /// Engines (one per language specification) a worker keeps before evicting the least
+    /// recently used one.
+    pub engines_per_worker: NonZeroUsize,
+    pub tessdata: PathBuf,
+    /// What `tessdata` holds; requests may ask only for these.
+    pub languages: Languages,
+    /// Preloaded on every worker; the pool is ready when all have it.
+    pub default_lang: Lang,
+    pub limits: ImageLimits,
+}
+
+/// One image to recognise.
+#[derive(Debug)]
+pub struct Job {
+    pub image: ImageInput,
+    pub options: Arc<OcrOptions>,
+    pub outputs: OutputSet,
+    /// Past this instant the job is dropped if still queued, and cancelled inside Tesseract if
+    /// running.
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("recognition panicked")]
+    Panicked,
+}
+
+/// The queue cannot take the whole batch now.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the queue is full ({queued} of {capacity} images waiting; this request has {requested})")]
+pub struct QueueFull {
+    pub queued: usize,
+    pub capacity: usize,
+    pub requested: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("engines failed to load: {0}")]
+pub struct PoolError(String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+pub type Reply = Result<OcrResult, JobError>;
+
+struct Envelope {
+    job: Job,
+    enqueued: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+pub struct EnginePool {
+    queue: Sender<Envelope>,
+    counters: Arc<Counters>,
+    capacity: usize,
+    workers: usize,
+    state: watch::Receiver<State>,
+    languages: Languages,
+    default_lang: Lang,
+    limits: ImageLimits,
+}
+
+/// Shared between the pool handle and its workers.
+#[derive(Default)]
+struct Counters {
+    queued: AtomicUsize,
+    busy: AtomicUsize,
+    loaded: AtomicUsize,
+}
+
+impl EnginePool {
+    /// Spawns the workers and returns at once; they load the default language in the
+    /// background ([`EnginePool::wait_ready`]).
+    pub fn start(config: PoolConfig) -> Result<EnginePool, PoolError> {
+        if std::env::var("OMP_THREAD_LIMIT").as_deref() != Ok("1") {
+            tracing::warn!(
+                "OMP_THREAD_LIMIT is not 1: Tesseract's OpenMP threads will compete with the \
+                 pool's workers and recognition will slow down"
+            );
+        }
+        let (queue, jobs) = crossbeam_channel::unbounded();
+        let counters = Arc::new(Counters::default());
+        let (state_tx, state) = watch::channel(State::Loading);
+        let state_tx = Arc::new(state_tx);
+        for index in 0..config.workers.get() {
+            let worker = Worker {
+                config: config.clone(),
+                jobs: jobs.clone(),
+                counters: counters.clone(),
+                state: state_tx.clone(),
+                engines: Vec::new(),
+            };
+            thread::Builder::new()
+                .name(format!("tesserve-engine-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|e| PoolError(format!("cannot spawn worker thread: {e}")))?;
+        }
+        Ok(EnginePool {
+            queue,
+            counters,
+            capacity: config.queue_capacity.get(),
+            workers: config.workers.get(),
+            state,
+            languages: config.languages,
+            default_lang: config.default_lang,
+            limits: config.limits,
+        })
+    }
+
+    /// Waits until every worker has loaded the default language.
+    pub async fn wait_ready(&self) -> Result<(), PoolError> {
+        let mut state = self.state.clone();
+        let state = state
+            .wait_for(|s| *s != State::Loading)
+            .await
+            .map_err(|_| PoolError("workers exited while loading".into()))?;
+        match &*state {
+            State::Failed(reason) => Err(PoolError(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.state.borrow() == State::Ready
+    }
+
+    /// Queues a batch, all or nothing. Each receiver yields the result of the job at the same
+    /// index.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<Vec<oneshot::Receiver<Reply>>, QueueFull> {
+        let requested = jobs.len();
+        self.counters
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + requested <= self.capacity).then_some(queued + requested)
+            })
+            .map_err(|queued| QueueFull {
+                queued,
+                capacity: self.capacity,
+                requested,
+            })?;
+        let enqueued = Instant::now();
+        let receivers = jobs
+            .into_iter()
+            .map(|job| {
+                let (reply, receiver) = oneshot::channel();
+                let envelope = Envelope {
+                    job,
+                    enqueued,
+                    reply,
+                };
+                if let Err(returned) = self.queue.send(envelope) {
+                    // Workers are gone; the receiver below sees the sender dropped.
+                    self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+                    drop(returned);
+                }
+                receiver
+            })
+            .collect();
+        Ok(receivers)
+    }
+
+    pub fn languages(&self) -> &Languages {
+        &self.languages
+    }
+
+    pub fn default_lang(&self) -> &Lang {
+        &self.default_lang
+    }
+
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Images waiting for an engine.
+    pub fn queued(&self) -> usize {
+        self.counters.queued.load(Ordering::Acquire)
+    }
+
+    /// Workers running Tesseract right now.
+    pub fn busy(&self) -> usize {
+        self.counters.busy.load(Ordering::Acquire)
+    }
+}
+
+struct Worker {
+    config: PoolConfig,
+    jobs: Receiver<Envelope>,
+    counters: Arc<Counters>,
+    state: Arc<watch::Sender<State>>,
+    /// Most recently used first.
+    engines: Vec<Engine>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        match Engine::new(&self.config.tessdata, &self.config.default_lang) {
+            Ok(engine) => {
+                self.engines.push(engine);
+                let loaded = self.counters.loaded.fetch_add(1, Ordering::AcqRel) + 1;
+                if loaded == self.config.workers.get() {
+                    self.state.send_replace(State::Ready);
+                }
+            }
+            Err(error) => {
+                self.state.send_replace(State::Failed(error.to_string()));
+                return;
+            }
+        }
+        // Ends when the pool, the only sender, is dropped and the queue is drained.
+        while let Ok(envelope) = self.jobs.recv() {
+            self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+            self.serve(envelope);
+        }
+    }
+
+    fn serve(&mut self, envelope: Envelope) {
+        let Envelope {
+            job,
+            enqueued,
+            reply,
+        } = envelope;
+        let queue_time = enqueued.elapsed();
+        // Nobody is waiting for this answer any more: skip Tesseract entirely.
+        if reply.is_closed() {
+            return;
+        }
+        let deadline = job.deadline;
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        if expired() {
+            let _ = reply.send(Err(JobError::DeadlineExceeded));
+            return;
+        }
+        let cancel = || expired() || reply.is_closed();
+
+        self.counters.busy.fetch_add(1, Ordering::AcqRel);
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.recognize(job, &cancel)));
+        self.counters.busy.fetch_sub(1, Ordering::AcqRel);
+        let result = match outcome {
+            Ok(Err(JobError::Engine(EngineError::Cancelled))) if expired() => {
+                Err(JobError::DeadlineExceeded)
+            }
+            Ok(result) => result.map(|mut result| {
+                result.timings.queue = queue_time;
+                result
+            }),
+            Err(_) => {
+                // The engines may be mid-page in an unknown state: start them afresh.
+                self.engines.clear();
+                tracing::error!("recognition panicked; the worker's engines were reset");
+                Err(JobError::Panicked)
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    fn recognize(&mut self, job: Job, cancel: &dyn Fn() -> bool) -> Result<OcrResult, JobError> {
+        let started = Instant::now();
+        let pixels = job.image.decode(&self.config.limits)?;
+        let decode_time = started.elapsed();
+        let engine = self.engine(&job.options.lang)?;
+        let mut result = engine.recognize(&pixels, &job.options, job.outputs, cancel)?;
+        result.timings.decode = decode_time;
+        Ok(result)
+    }
+
+    /// The engine for `lang`, created on first use and kept, most recently used first.
+    fn engine(&mut self, lang: &Lang) -> Result<&mut Engine, EngineError> {
+        match self.engines.iter().position(|e| e.lang() == lang) {
+            Some(index) => self.engines[..=index].rotate_right(1),
+            None => {
+                let engine = Engine::new(&self.config.tessdata, lang)?;
+                self.engines
+                    .truncate(self.config.engines_per_worker.get() - 1);
+                self.engines.insert(0, engine);
+            }
+        }
+        Ok(&mut self.engines[0])
+    }
+}

@@ -1,0 +1,591 @@
+//! `inference.GRPCInferenceService`: the OIP gRPC adapter around [`Model`].
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::{metadata::MetadataMap, Code, Request, Response, Status, Streaming};
+
+use super::{
+    pb::{
+        self, grpc_inference_service_server::GrpcInferenceService,
+        infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
+        model_infer_response::InferOutputTensor,
+    },
+    tensor::{self, OutputTensor},
+};
+use crate::{
+    model::{
+        ErrorKind, InferError, InferRequest, InferResponse, Model, OptionsBuilder, ParamValue,
+        TensorSpec, INPUT, INPUT_NAME, PLATFORM, VERSION,
+    },
+    ocr::OutputKind,
+};
+
+/// The name servers report in `ServerMetadata`.
+pub const SERVER_NAME: &str = "tesserve";
+
+/// Protocol extensions this server implements (beyond the core OIP RPCs).
+pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
+
+pub struct OipService {
+    model: Arc<Model>,
+}
+
+impl OipService {
+    pub fn new(model: Arc<Model>) -> OipService {
+        OipService { model }
+    }
+}
+
+type StreamInferResponses =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for OipService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = self.model.is_ready();
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        self.model
+            .resolve(&request.name, &request.version)
+            .map_err(status)?;
+        let ready = self.model.is_ready();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        self.model
+            .resolve(&request.name, &request.version)
+            .map_err(status)?;
+        let tensor = |spec: TensorSpec| pb::model_metadata_response::TensorMetadata {
+            name: spec.name.to_owned(),
+            datatype: spec.datatype.to_owned(),
+            shape: spec.shape.to_vec(),
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: self.model.name().to_owned(),
+            versions: vec![VERSION.to_owned()],
+            platform: PLATFORM.to_owned(),
+            inputs: vec![tensor(INPUT)],
+            outputs: OutputKind::ALL.map(|k| tensor(k.spec())).to_vec(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let deadline = grpc_deadline(request.metadata());
+        let response = infer(&self.model, request.into_inner(), deadline)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response))
+    }
+
+    type ModelStreamInferStream = StreamInferResponses;
+
+    /// Requests on one stream run concurrently (up to one per engine) and are answered in the
+    /// order they came; a failed request answers with `error_message` and the stream goes on.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<StreamInferResponses>, Status> {
+        let deadline = grpc_deadline(request.metadata());
+        let model = self.model.clone();
+        let concurrency = model.pool().workers();
+        let responses = request
+            .into_inner()
+            .map(move |message| {
+                let model = model.clone();
+                async move {
+                    let request = message?;
+                    let (id, model_name) = (request.id.clone(), request.model_name.clone());
+                    Ok(match infer(&model, request, deadline).await {
+                        Ok(response) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(error) => pb::ModelStreamInferResponse {
+                            error_message: error.client_message(),
+                            infer_response: Some(pb::ModelInferResponse {
+                                model_name,
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    })
+                }
+            })
+            .buffered(concurrency);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let request = request.into_inner();
+        self.model
+            .resolve(&request.name, &request.version)
+            .map_err(status)?;
+        let data_type = |spec: TensorSpec| match spec.datatype {
+            "FP32" => pb::DataType::TypeFp32,
+            _ => pb::DataType::TypeString,
+        } as i32;
+        let config = pb::ModelConfig {
+            name: self.model.name().to_owned(),
+            platform: PLATFORM.to_owned(),
+            backend: SERVER_NAME.to_owned(),
+            // The batch is the input's only dimension, not a separate leading one.
+            max_batch_size: 0,
+            input: vec![pb::ModelInput {
+                name: INPUT.name.to_owned(),
+                data_type: data_type(INPUT),
+                dims: INPUT.shape.to_vec(),
+            }],
+            output: OutputKind::ALL
+                .map(|kind| pb::ModelOutput {
+                    name: kind.name().to_owned(),
+                    data_type: data_type(kind.spec()),
+                    dims: kind.spec().shape.to_vec(),
+                })
+                .to_vec(),
+        };
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let request = request.into_inner();
+        if !request.name.is_empty() {
+            self.model
+                .resolve(&request.name, &request.version)
+                .map_err(status)?;
+        }
+        let stats = self.model.stats();
+        let duration = |d: crate::model::DurationTotal| {
+            Some(pb::StatisticDuration {
+                count: d.count,
+                ns: d.ns,
+            })
+        };
+        let model_stats = pb::ModelStatistics {
+            name: self.model.name().to_owned(),
+            version: VERSION.to_owned(),
+            last_inference: stats.last_inference_ms,
+            inference_count: stats.inference_count,
+            execution_count: stats.execution_count,
+            inference_stats: Some(pb::InferStatistics {
+                success: duration(stats.success),
+                fail: duration(stats.fail),
+                queue: duration(stats.queue),
+                compute_input: duration(stats.compute_input),
+                compute_infer: duration(stats.compute_infer),
+                compute_output: duration(Default::default()),
+                cache_hit: duration(Default::default()),
+                cache_miss: duration(Default::default()),
+            }),
+            ..Default::default()
+        };
+        Ok(Response::new(pb::ModelStatisticsResponse {
+            model_stats: vec![model_stats],
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready = self.model.is_ready();
+        let models = if request.into_inner().ready && !ready {
+            Vec::new()
+        } else {
+            vec![pb::repository_index_response::ModelIndex {
+                name: self.model.name().to_owned(),
+                version: VERSION.to_owned(),
+                state: if ready { "READY" } else { "LOADING" }.to_owned(),
+                reason: String::new(),
+            }]
+        };
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    /// The model is built in and always loaded: loading it again succeeds and does nothing.
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let request = request.into_inner();
+        let name = repository_model_name(&request.model_name, &request.repository_name);
+        self.model.resolve(name, "").map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {
+            model_name: name.to_owned(),
+            is_loaded: true,
+        }))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let request = request.into_inner();
+        let name = repository_model_name(&request.model_name, &request.repository_name);
+        self.model.resolve(name, "").map_err(status)?;
+        Err(Status::unimplemented(format!(
+            "model '{name}' is built into this server and cannot be unloaded"
+        )))
+    }
+}
+
+/// KServe clients put the model name in field 1, Triton clients in field 2.
+fn repository_model_name<'a>(model_name: &'a str, repository_name: &'a str) -> &'a str {
+    if model_name.is_empty() {
+        repository_name
+    } else {
+        model_name
+    }
+}
+
+async fn infer(
+    model: &Model,
+    request: pb::ModelInferRequest,
+    deadline: Option<Instant>,
+) -> Result<pb::ModelInferResponse, InferError> {
+    let raw = !request.raw_input_contents.is_empty();
+    let request = decode(model, request, deadline)?;
+    let response = model.infer(request).await?;
+    Ok(encode(model, response, raw))
+}
+
+/// Turns a ModelInferRequest into the model's request, checking everything that is specific
+/// to the gRPC encoding.
+fn decode(
+    model: &Model,
+    mut request: pb::ModelInferRequest,
+    deadline: Option<Instant>,
+) -> Result<InferRequest, InferError> {
+    model.resolve(&request.model_name, &request.model_version)?;
+    let raw = std::mem::take(&mut request.raw_input_contents);
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(InferError::InvalidInput(format!(
+            "raw_input_contents has {} entries for {} inputs; expected one per input",
+            raw.len(),
+            request.inputs.len()
+        )));
+    }
+    let index = single_image_input(&request.inputs)?;
+    let mut input = request.inputs.swap_remove(index);
+    let raw = raw.into_iter().nth(index);
+
+    let images = match (raw, input.contents.take()) {
+        (Some(_), Some(_)) => {
+            return Err(InferError::InvalidInput(format!(
+                "input '{INPUT_NAME}' has both contents and raw_input_contents; send one"
+            )))
+        }
+        (Some(raw), None) => match input.datatype.as_str() {
+            "BYTES" => tensor::encoded_images(&input.shape, tensor::split_bytes(&raw)?)?,
+            "UINT8" => tensor::pixel_images(&input.shape, raw)?,
+            other => return Err(unsupported_datatype(other)),
+        },
+        (None, contents) => {
+            let contents = contents.unwrap_or_default();
+            match input.datatype.as_str() {
+                "BYTES" => tensor::encoded_images(&input.shape, contents.bytes_contents)?,
+                "UINT8" => tensor::pixel_images(&input.shape, typed_uint8(&contents.uint_contents)?)?,
+                other => return Err(unsupported_datatype(other)),
+            }
+        }
+    };
+
+    let mut options = model.options_builder();
+    apply_params(&mut options, "request parameter", &request.parameters)?;
+    let tensor_place = format!("input '{INPUT_NAME}' parameter");
+    apply_params(&mut options, &tensor_place, &input.parameters)?;
+    let deadline = earliest(
+        deadline,
+        options.timeout().map(|timeout| Instant::now() + timeout),
+    );
+
+    Ok(InferRequest {
+        id: request.id,
+        images,
+        options: options.build(),
+        outputs: requested_outputs(&request.outputs)?,
+        deadline,
+    })
+}
+
+/// The index of the one `image` input; any other input is a mistake worth naming.
+fn single_image_input(inputs: &[InferInputTensor]) -> Result<usize, InferError> {
+    if let Some(other) = inputs.iter().find(|i| i.name != INPUT_NAME) {
+        return Err(InferError::InvalidInput(format!(
+            "unexpected input '{}'; the model takes one input '{INPUT_NAME}'",
+            other.name
+        )));
+    }
+    match inputs.len() {
+        0 => Err(InferError::InvalidInput(format!(
+            "missing input '{INPUT_NAME}'"
+        ))),
+        1 => Ok(0),
+        n => Err(InferError::InvalidInput(format!(
+            "input '{INPUT_NAME}' appears {n} times; send it once with all images in its batch"
+        ))),
+    }
+}
+
+fn unsupported_datatype(datatype: &str) -> InferError {
+    InferError::InvalidInput(format!(
+        "input '{INPUT_NAME}': datatype '{datatype}' is not accepted; \
+         expected BYTES (encoded image files) or UINT8 (raw pixels)"
+    ))
+}
+
+/// UINT8 in typed form arrives widened to u32, one element per pixel byte.
+fn typed_uint8(values: &[u32]) -> Result<Bytes, InferError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            u8::try_from(v).map_err(|_| {
+                InferError::InvalidInput(format!(
+                    "input '{INPUT_NAME}': uint_contents[{i}] = {v} does not fit UINT8"
+                ))
+            })
+        })
+        .collect::<Result<Vec<u8>, _>>()
+        .map(Bytes::from)
+}
+
+fn apply_params(
+    options: &mut OptionsBuilder<'_>,
+    place: &str,
+    params: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<(), InferError> {
+    for (name, param) in params {
+        let value = match &param.parameter_choice {
+            Some(ParameterChoice::BoolParam(b)) => ParamValue::Bool(*b),
+            Some(ParameterChoice::Int64Param(i)) => ParamValue::Int(*i),
+            Some(ParameterChoice::Uint64Param(u)) => ParamValue::Uint(*u),
+            Some(ParameterChoice::DoubleParam(d)) => ParamValue::Double(*d),
+            Some(ParameterChoice::StringParam(s)) => ParamValue::Str(s),
+            None => {
+                tracing::info!(place, parameter = %name, "ignoring parameter without a value");
+                continue;
+            }
+        };
+        options.apply(place, name, value)?;
+    }
+    Ok(())
+}
+
+/// The outputs in the order the request lists them; all of them in model order when it lists
+/// none (the protocol's rule).
+fn requested_outputs(
+    requested: &[pb::model_infer_request::InferRequestedOutputTensor],
+) -> Result<Vec<OutputKind>, InferError> {
+    if requested.is_empty() {
+        return Ok(OutputKind::ALL.to_vec());
+    }
+    let mut outputs = Vec::with_capacity(requested.len());
+    for output in requested {
+        let kind = OutputKind::from_name(&output.name).ok_or_else(|| {
+            let names: Vec<_> = OutputKind::ALL.map(OutputKind::name).to_vec();
+            InferError::InvalidInput(format!(
+                "unknown output '{}'; the model's outputs are {}",
+                output.name,
+                names.join(", ")
+            ))
+        })?;
+        if outputs.contains(&kind) {
+            return Err(InferError::InvalidInput(format!(
+                "output '{kind}' is requested twice"
+            )));
+        }
+        if let Some(name) = output.parameters.keys().find(|k| is_unsupported_output_param(k)) {
+            return Err(InferError::InvalidInput(format!(
+                "output '{kind}' parameter '{name}': this server does not support that extension"
+            )));
+        }
+        outputs.push(kind);
+    }
+    Ok(outputs)
+}
+
+fn is_unsupported_output_param(name: &str) -> bool {
+    name == "classification" || name.starts_with("shared_memory_")
+}
+
+/// Encodes results in the carrier the request used: raw inputs get every output in
+/// `raw_output_contents` (tritonclient reads nothing else), typed inputs get typed contents.
+fn encode(model: &Model, response: InferResponse, raw: bool) -> pb::ModelInferResponse {
+    let InferResponse {
+        id,
+        outputs,
+        mut results,
+    } = response;
+    let mut encoded = pb::ModelInferResponse {
+        model_name: model.name().to_owned(),
+        model_version: VERSION.to_owned(),
+        id,
+        ..Default::default()
+    };
+    for kind in outputs {
+        let values = OutputTensor::take(kind, &mut results);
+        let mut output = InferOutputTensor {
+            name: kind.name().to_owned(),
+            datatype: kind.spec().datatype.to_owned(),
+            shape: vec![values.len() as i64],
+            ..Default::default()
+        };
+        if raw {
+            encoded.raw_output_contents.push(values.to_raw().into());
+        } else {
+            output.contents = Some(match values {
+                OutputTensor::Bytes(bytes_contents) => pb::InferTensorContents {
+                    bytes_contents,
+                    ..Default::default()
+                },
+                OutputTensor::Fp32(fp32_contents) => pb::InferTensorContents {
+                    fp32_contents,
+                    ..Default::default()
+                },
+            });
+        }
+        encoded.outputs.push(output);
+    }
+    encoded
+}
+
+/// The one mapping from inference errors to gRPC statuses.
+pub fn status(error: InferError) -> Status {
+    let code = match error.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::Internal => Code::Internal,
+    };
+    Status::new(code, error.client_message())
+}
+
+/// The deadline a client set with `grpc-timeout`. tonic itself would answer an expired timeout
+/// with CANCELLED; reading it here lets the server answer DEADLINE_EXCEEDED and cancel the work.
+pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value).map(|timeout| Instant::now() + timeout)
+}
+
+/// `grpc-timeout` is at most 8 digits and a unit: H, M, S, m (ms), u (µs), n (ns).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("5s"), None);
+        assert_eq!(parse_grpc_timeout("-5S"), None);
+    }
+
+    #[test]
+    fn every_error_kind_has_its_code() {
+        let cases = [
+            (InferError::InvalidInput("x".into()), Code::InvalidArgument),
+            (
+                InferError::ModelNotFound {
+                    requested: "a".into(),
+                    served: "ocr".into(),
+                },
+                Code::NotFound,
+            ),
+            (InferError::NotReady("ocr".into()), Code::Unavailable),
+            (InferError::DeadlineExceeded, Code::DeadlineExceeded),
+            (InferError::Cancelled, Code::Cancelled),
+            (InferError::Internal("secret detail".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let status = status(error);
+            assert_eq!(status.code(), code);
+            assert!(!status.message().contains("secret"));
+        }
+    }
+
+    #[test]
+    fn repository_requests_take_the_name_from_either_field() {
+        assert_eq!(repository_model_name("ocr", ""), "ocr");
+        assert_eq!(repository_model_name("", "ocr"), "ocr");
+        assert_eq!(repository_model_name("ocr", "repo"), "ocr");
+    }
+}
