@@ -33,7 +33,10 @@ pub enum CommandError {
 
 /// Recognises each file and prints its text (or one JSON object per line with `--json`).
 pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
-    let model = Model::new(DEFAULT_MODEL.to_owned(), EnginePool::start(args.engine.validate()?)?);
+    let model = Model::new(
+        DEFAULT_MODEL.to_owned(),
+        EnginePool::start(args.engine.validate()?)?,
+    );
     model.pool().wait_ready().await?;
     let mut options = model.options_builder();
     if let Some(psm) = args.psm {
@@ -60,10 +63,13 @@ pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
             outputs: outputs.clone(),
             deadline: None,
         };
-        let mut response = model.infer(request).await.map_err(|source| CommandError::Infer {
-            path: name.clone(),
-            source,
-        })?;
+        let mut response = model
+            .infer(request)
+            .await
+            .map_err(|source| CommandError::Infer {
+                path: name.clone(),
+                source,
+            })?;
         let result = response.results.remove(0);
         let text = result.text.unwrap_or_default();
         if args.json {
@@ -103,5 +109,10 @@ pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
     };
     tokio::time::timeout(args.timeout(), check)
         .await
-        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {:?}", args.timeout()))))
+        .unwrap_or_else(|_| {
+            Err(unreachable(format!(
+                "no answer within {:?}",
+                args.timeout()
+            )))
+        })
 }

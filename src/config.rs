@@ -54,7 +54,12 @@ pub struct Cli {
     pub serve: ServeArgs,
 
     /// Log line format: `text` for people, `json` for log collectors.
-    #[arg(long, global = true, env = "TESSERVE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERVE_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -304,7 +309,12 @@ mod tests {
 
     #[test]
     fn kserve_style_flags_are_accepted_in_both_forms() {
-        let cli = parse(&["--model_name=receipts", "--grpc_port", "9001", "--http_port=9000"]);
+        let cli = parse(&[
+            "--model_name=receipts",
+            "--grpc_port",
+            "9001",
+            "--http_port=9000",
+        ]);
         assert_eq!(cli.serve.model_name, "receipts");
         assert_eq!(cli.serve.grpc_port, 9001);
         assert_eq!(cli.serve.http_port, 9000);

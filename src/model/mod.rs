@@ -13,7 +13,7 @@ pub use self::params::{OptionsBuilder, ParamValue};
 pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
 
 use crate::ocr::{
-    EnginePool, EngineError, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
+    EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
 };
 
 /// The platform reported in model metadata.

@@ -61,7 +61,12 @@ impl<'a> OptionsBuilder<'a> {
 
     /// Applies one parameter. `place` says where it came from, for error messages:
     /// "request parameter" or "input 'image' parameter".
-    pub fn apply(&mut self, place: &str, name: &str, value: ParamValue<'_>) -> Result<(), InferError> {
+    pub fn apply(
+        &mut self,
+        place: &str,
+        name: &str,
+        value: ParamValue<'_>,
+    ) -> Result<(), InferError> {
         let invalid = |expected: &str| {
             InferError::InvalidInput(format!(
                 "{place} '{name}': expected {expected}, got {}",
@@ -70,11 +75,15 @@ impl<'a> OptionsBuilder<'a> {
         };
         match name {
             "lang" => {
-                let spec = as_str(&value).ok_or_else(|| invalid("a language such as \"eng\" or \"eng+deu\""))?;
-                self.options.lang = self.languages.parse(spec).map_err(|source| InferError::Lang {
-                    place: place.to_owned(),
-                    source,
-                })?;
+                let spec = as_str(&value)
+                    .ok_or_else(|| invalid("a language such as \"eng\" or \"eng+deu\""))?;
+                self.options.lang =
+                    self.languages
+                        .parse(spec)
+                        .map_err(|source| InferError::Lang {
+                            place: place.to_owned(),
+                            source,
+                        })?;
             }
             "psm" => {
                 self.options.psm = as_int(&value)
@@ -86,13 +95,23 @@ impl<'a> OptionsBuilder<'a> {
                 let dpi = as_int(&value)
                     .and_then(|dpi| u32::try_from(dpi).ok())
                     .filter(|dpi| range.contains(dpi))
-                    .ok_or_else(|| invalid(&format!("a resolution from {} to {} dpi", range.start(), range.end())))?;
+                    .ok_or_else(|| {
+                        invalid(&format!(
+                            "a resolution from {} to {} dpi",
+                            range.start(),
+                            range.end()
+                        ))
+                    })?;
                 self.options.dpi = Some(dpi);
             }
             "char_whitelist" => {
                 let chars = as_str(&value)
                     .filter(|s| !s.contains('\0') && s.chars().count() <= MAX_WHITELIST_CHARS)
-                    .ok_or_else(|| invalid(&format!("a string of at most {MAX_WHITELIST_CHARS} characters")))?;
+                    .ok_or_else(|| {
+                        invalid(&format!(
+                            "a string of at most {MAX_WHITELIST_CHARS} characters"
+                        ))
+                    })?;
                 self.options.char_whitelist = chars.to_owned();
             }
             "preserve_interword_spaces" => {
@@ -219,12 +238,16 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_parameter_and_the_value() {
-        let err = build(&[("psm", ParamValue::Int(14))]).unwrap_err().to_string();
+        let err = build(&[("psm", ParamValue::Int(14))])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "request parameter 'psm': expected a page segmentation mode from 0 to 13, got int 14"
         );
-        let err = build(&[("lang", ParamValue::Str("klingon"))]).unwrap_err().to_string();
+        let err = build(&[("lang", ParamValue::Str("klingon"))])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "request parameter 'lang': language 'klingon' is not installed (installed: deu, eng)"
@@ -237,7 +260,11 @@ mod tests {
 
     #[test]
     fn unknown_parameters_are_ignored_and_extensions_refused() {
-        assert!(build(&[("thr", ParamValue::Double(0.5)), ("priority", ParamValue::Uint(3))]).is_ok());
+        assert!(build(&[
+            ("thr", ParamValue::Double(0.5)),
+            ("priority", ParamValue::Uint(3))
+        ])
+        .is_ok());
         let err = build(&[("shared_memory_region", ParamValue::Str("r"))]).unwrap_err();
         assert!(matches!(err, InferError::InvalidInput(m) if m.contains("shared_memory_region")));
     }

@@ -80,7 +80,8 @@ impl Engine {
             lang: lang.as_str().to_owned(),
             tessdata: tessdata.display().to_string(),
         };
-        api.init(tessdata, lang.as_str()).map_err(|_| init_error())?;
+        api.init(tessdata, lang.as_str())
+            .map_err(|_| init_error())?;
         // Tesseract's diagnostics ("Estimating resolution as ...") would otherwise go to stderr
         // once per image.
         api.set_variable("debug_file", "/dev/null")

@@ -314,7 +314,10 @@ mod tests {
         let pixels = ImageInput::Encoded(png(30, 20).into())
             .decode(&LIMITS)
             .unwrap();
-        assert_eq!((pixels.width(), pixels.height(), pixels.channels()), (30, 20, 1));
+        assert_eq!(
+            (pixels.width(), pixels.height(), pixels.channels()),
+            (30, 20, 1)
+        );
         assert_eq!(pixels.data().len(), 600);
     }
 

@@ -14,9 +14,7 @@ impl Psm {
     const MAX: i64 = 13;
 
     pub fn new(value: i64) -> Option<Psm> {
-        (0..=Self::MAX)
-            .contains(&value)
-            .then(|| Psm(value as u8))
+        (0..=Self::MAX).contains(&value).then_some(Psm(value as u8))
     }
 
     pub fn get(self) -> u8 {
@@ -91,7 +89,10 @@ pub enum LangError {
     #[error("language is empty")]
     Empty,
     #[error("language '{requested}' is not installed (installed: {installed})")]
-    NotInstalled { requested: String, installed: String },
+    NotInstalled {
+        requested: String,
+        installed: String,
+    },
 }
 
 /// Per-request recognition settings. These map onto an allow-list of per-instance Tesseract
@@ -231,7 +232,9 @@ mod tests {
         assert!(set.contains(OutputKind::Text));
         assert!(set.contains(OutputKind::Tsv));
         assert!(!set.contains(OutputKind::Words));
-        assert!(OutputKind::ALL.iter().all(|k| OutputSet::all().contains(*k)));
+        assert!(OutputKind::ALL
+            .iter()
+            .all(|k| OutputSet::all().contains(*k)));
         assert_eq!(OutputKind::from_name("hocr"), Some(OutputKind::Hocr));
         assert_eq!(OutputKind::from_name("HOCR"), None);
     }
