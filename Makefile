@@ -1,0 +1,56 @@
+# tesserve: `make run` serves, `make test` runs every test. Both install what is missing first
+# (Debian/Ubuntu packages via apt-get; the Rust toolchain must be on PATH).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Runtime and build: libtesseract (+ leptonica) via pkg-config, English traineddata.
+# Tests: DejaVu Sans renders the test images; python3-venv runs the external clients.
+APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+ARGS ?=
+
+.PHONY: help deps build release run test test-rust test-clients lint fmt clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+deps: ## Install missing system packages (apt-get) and check for cargo
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps ## Debug build
+	$(CARGO) build --locked
+
+release: deps ## Optimised build (target/release/tesserve)
+	$(CARGO) build --locked --release
+
+run: release ## Build and serve gRPC on :8081 (pass flags with ARGS="--workers 4 ...")
+	./target/release/tesserve serve $(ARGS)
+
+test: deps lint test-rust test-clients ## Everything CI runs
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test-rust: ## Unit and integration tests (real server, real tonic client)
+	$(CARGO) test --locked
+
+test-clients: build ## grpcurl, tritonclient and kserve against a fresh server (grpc-tests/)
+	bash grpc-tests/run.sh
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output and the test venv
+	$(CARGO) clean
+	rm -rf .venv
