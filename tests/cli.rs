@@ -62,13 +62,22 @@ impl Served {
     }
 
     fn healthcheck(&self) -> Output {
-        tesserve(&["healthcheck", "--grpc-port", &self.port.to_string(), "--timeout", "2"])
+        tesserve(&[
+            "healthcheck",
+            "--grpc-port",
+            &self.port.to_string(),
+            "--timeout",
+            "2",
+        ])
     }
 
     fn wait_ready(&self) {
         let started = Instant::now();
         while !self.healthcheck().status.success() {
-            assert!(started.elapsed() < Duration::from_secs(30), "server never became ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "server never became ready"
+            );
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -83,7 +92,10 @@ impl Served {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no exit after SIGTERM"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -121,13 +133,21 @@ fn ocr_json_has_text_confidence_and_words() {
 fn ocr_names_the_file_it_could_not_use() {
     let output = tesserve(&["ocr", "/nonexistent/scan.png"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("/nonexistent/scan.png"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/scan.png"),
+        "{}",
+        stderr(&output)
+    );
 
     let garbage = std::env::temp_dir().join(format!("tesserve-cli-{}.png", std::process::id()));
     std::fs::write(&garbage, b"not a picture").unwrap();
     let output = tesserve(&["ocr", garbage.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("image format not recognised"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("image format not recognised"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -158,9 +178,19 @@ fn serve_reports_ready_and_exits_cleanly_on_sigterm() {
 
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
-    let output = tesserve(&["healthcheck", "--grpc-port", &free_port().to_string(), "--timeout", "1"]);
+    let output = tesserve(&[
+        "healthcheck",
+        "--grpc-port",
+        &free_port().to_string(),
+        "--timeout",
+        "1",
+    ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("not reachable"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not reachable"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
