@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 << 20;
 /// About an A3 page at 600 dpi. Layout analysis time grows with pixels, so this bounds it.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 50_000_000;
+/// The most `--max-image-pixels` may be: Tesseract addresses an RGBA page with C ints.
+pub const MAX_IMAGE_PIXELS_CEILING: u64 = (i32::MAX / 4) as u64;
 pub const DEFAULT_QUEUE_CAPACITY: &str = "128";
 pub const DEFAULT_ENGINES_PER_WORKER: &str = "4";
 pub const DEFAULT_HEALTHCHECK_TIMEOUT_SECS: u64 = 3;
@@ -195,6 +197,8 @@ pub enum ConfigError {
     Lang(#[from] crate::ocr::LangError),
     #[error("--{name} must be greater than 0")]
     Zero { name: &'static str },
+    #[error("--{name} must be at most {max}")]
+    TooLarge { name: &'static str, max: u64 },
 }
 
 /// A validated `serve` configuration.
@@ -234,6 +238,12 @@ impl EngineArgs {
         if self.max_image_pixels == 0 {
             return Err(ConfigError::Zero {
                 name: "max-image-pixels",
+            });
+        }
+        if self.max_image_pixels > MAX_IMAGE_PIXELS_CEILING {
+            return Err(ConfigError::TooLarge {
+                name: "max-image-pixels",
+                max: MAX_IMAGE_PIXELS_CEILING,
             });
         }
         let tessdata = match &self.tessdata {

@@ -676,11 +676,7 @@ async fn full_queue_fails_fast_with_unavailable() {
 #[tokio::test]
 async fn expired_deadline_is_deadline_exceeded_and_the_engine_survives() {
     let mut s = TestServer::start(&["--workers", "1"]).await;
-    let page: Vec<String> = (0..40)
-        .map(|i| format!("Line {i} of a long page that takes a while to read"))
-        .collect();
-    let page: Vec<&str> = page.iter().map(String::as_str).collect();
-    let big = png(&page);
+    let big = long_page();
 
     let mut request = Request::new(typed_request(&[big]));
     request.set_timeout(Duration::from_millis(150));
@@ -690,12 +686,15 @@ async fn expired_deadline_is_deadline_exceeded_and_the_engine_survives() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Tritonclient's `timeout` parameter (µs) works the same way.
-    let mut request = typed_request(&[png(&page)]);
+    let mut request = typed_request(&[long_page()]);
     request.parameters = params(&[("timeout", ParameterChoice::Int64Param(100_000))]);
     assert_eq!(
         infer_err(&mut s, request).await.code(),
         Code::DeadlineExceeded
     );
+
+    // Both pages were stopped inside Tesseract, not left to run to the end.
+    eventually(|| s.server.model().pool().dropped().cancelled == 2).await;
 
     let response = s
         .client
@@ -704,6 +703,64 @@ async fn expired_deadline_is_deadline_exceeded_and_the_engine_survives() {
         .unwrap()
         .into_inner();
     assert_text(&typed_strings(&response, "text")[0], HELLO, 1);
+}
+
+/// A page long enough to keep one engine busy for a good while.
+fn long_page() -> Vec<u8> {
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("Line {i} of a long page that takes a while to read"))
+        .collect();
+    png(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits (boundedly) for a condition the server reaches asynchronously.
+async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
+#[tokio::test]
+async fn clients_that_leave_cancel_their_queued_and_running_work() {
+    let s = TestServer::start(&["--workers", "1"]).await;
+    let pool = || s.server.model().pool();
+
+    let mut running_client = common::client(s.addr()).await;
+    let running = tokio::spawn(async move {
+        running_client
+            .model_infer(typed_request(&[long_page()]))
+            .await
+    });
+    eventually(|| pool().busy() == 1).await;
+    let mut queued_client = common::client(s.addr()).await;
+    let queued = tokio::spawn(async move {
+        queued_client
+            .model_infer(typed_request(&[png(&["Never read"])]))
+            .await
+    });
+    eventually(|| pool().queued() == 1).await;
+
+    // The queued caller leaves first, then the running one.
+    queued.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.abort();
+
+    eventually(|| {
+        pool().dropped()
+            == tesserve::ocr::Dropped {
+                abandoned: 1,
+                expired: 0,
+                cancelled: 1,
+            }
+    })
+    .await;
+    assert_eq!(pool().busy(), 0);
+    let stats = s.server.model().stats();
+    assert_eq!(stats.compute_infer.count, 0, "nothing ran to completion");
 }
 
 #[tokio::test]

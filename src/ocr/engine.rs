@@ -123,15 +123,15 @@ impl Engine {
         cancel: &dyn Fn() -> bool,
     ) -> Result<OcrResult, EngineError> {
         self.configure(options)?;
-        let (width, channels) = (pixels.width() as i32, i32::from(pixels.channels()));
+        // Tesseract takes dimensions and the row stride as C ints.
+        let too_large = || EngineError::Tesseract("take an image this large");
+        let channels = i32::from(pixels.channels());
+        let width = i32::try_from(pixels.width()).map_err(|_| too_large())?;
+        let height = i32::try_from(pixels.height()).map_err(|_| too_large())?;
+        let stride = width.checked_mul(channels).ok_or_else(too_large)?;
+        height.checked_mul(stride).ok_or_else(too_large)?;
         self.api
-            .set_image(
-                pixels.data(),
-                width,
-                pixels.height() as i32,
-                channels,
-                width * channels,
-            )
+            .set_image(pixels.data(), width, height, channels, stride)
             .map_err(|_| EngineError::Tesseract("set the image"))?;
         if let Some(dpi) = options.dpi {
             self.api

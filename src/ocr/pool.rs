@@ -111,6 +111,20 @@ struct Counters {
     queued: AtomicUsize,
     busy: AtomicUsize,
     loaded: AtomicUsize,
+    abandoned: AtomicUsize,
+    expired: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+/// Jobs that never produced a result, by reason. Monotonic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// The caller had gone before an engine was free: Tesseract never ran.
+    pub abandoned: usize,
+    /// The deadline had passed before an engine was free: Tesseract never ran.
+    pub expired: usize,
+    /// Stopped inside Tesseract (deadline passed or caller gone while recognising).
+    pub cancelled: usize,
 }
 
 impl EnginePool {
@@ -233,6 +247,15 @@ impl EnginePool {
     pub fn busy(&self) -> usize {
         self.counters.busy.load(Ordering::Acquire)
     }
+
+    pub fn dropped(&self) -> Dropped {
+        let load = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
+        Dropped {
+            abandoned: load(&self.counters.abandoned),
+            expired: load(&self.counters.expired),
+            cancelled: load(&self.counters.cancelled),
+        }
+    }
 }
 
 struct Worker {
@@ -275,11 +298,13 @@ impl Worker {
         let queue_time = enqueued.elapsed();
         // Nobody is waiting for this answer any more: skip Tesseract entirely.
         if reply.is_closed() {
+            self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let deadline = job.deadline;
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         if expired() {
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(Err(JobError::DeadlineExceeded));
             return;
         }
@@ -288,6 +313,9 @@ impl Worker {
         self.counters.busy.fetch_add(1, Ordering::AcqRel);
         let outcome = catch_unwind(AssertUnwindSafe(|| self.recognize(job, &cancel)));
         self.counters.busy.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(Err(JobError::Engine(EngineError::Cancelled))) = outcome {
+            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
         let result = match outcome {
             Ok(Err(JobError::Engine(EngineError::Cancelled))) if expired() => {
                 Err(JobError::DeadlineExceeded)
