@@ -288,25 +288,10 @@ mod tests {
             let start = out.len();
             out.extend(kind);
             out.extend(data);
-            let crc = crc32(&out[start..]);
+            let crc = crc32fast::hash(&out[start..]);
             out.extend(crc.to_be_bytes());
         }
         out
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &byte in data {
-            crc ^= u32::from(byte);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
     }
 
     #[test]

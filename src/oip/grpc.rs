@@ -518,16 +518,16 @@ pub fn status(error: InferError) -> Status {
 }
 
 /// The most the server's deadline runs ahead of the client's; see [`grpc_deadline`].
-const DEADLINE_HEADROOM: Duration = Duration::from_millis(25);
+const DEADLINE_HEADROOM: Duration = Duration::from_millis(50);
 
 /// The deadline a client set with `grpc-timeout`. Left to tonic, an expired timeout becomes
 /// CANCELLED with no work stopped; read here, the work is cancelled and the answer is
-/// DEADLINE_EXCEEDED. The server gives up a little (5 %, at most 25 ms) before the client does,
+/// DEADLINE_EXCEEDED. The server gives up a little (10 %, at most 50 ms) before the client does,
 /// so that answer arrives before the client's own timer fires.
 pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(value)?;
-    Some(Instant::now() + timeout - (timeout / 20).min(DEADLINE_HEADROOM))
+    Some(Instant::now() + timeout - (timeout / 10).min(DEADLINE_HEADROOM))
 }
 
 /// `grpc-timeout` is at most 8 digits and a unit: H, M, S, m (ms), u (µs), n (ns).
