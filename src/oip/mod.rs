@@ -2,6 +2,7 @@
 //! [`crate::model::InferRequest`] and calls [`crate::model::Model::infer`]; none touches the
 //! engine pool or Tesseract.
 
+pub mod codec;
 pub mod grpc;
 pub mod tensor;
 
