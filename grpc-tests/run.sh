@@ -15,9 +15,13 @@ if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
 fi
 [ -x "$bin" ] || cargo build --quiet
 
-port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+  "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
+http_port=$(free_port)
 log=$(mktemp)
-"$bin" --bind 127.0.0.1 --grpc-port "$port" --workers 2 >"$log" 2>&1 &
+"$bin" --bind 127.0.0.1 --grpc-port "$port" --http-port "$http_port" --workers 2 >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
 
@@ -29,6 +33,7 @@ done
 "$bin" healthcheck --grpc-port "$port" || { cat "$log"; exit 1; }
 
 export TESSERVE_GRPC_ADDR="127.0.0.1:$port"
+export TESSERVE_HTTP_ADDR="127.0.0.1:$http_port"
 # tritonclient and kserve register the same protobuf symbols: one process each.
 "$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_grpcurl.py grpc-tests/test_tritonclient.py
 "$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_kserve.py

@@ -30,6 +30,8 @@ pub const MAX_IMAGE_PIXELS_CEILING: u64 = (i32::MAX / 4) as u64;
 pub const DEFAULT_QUEUE_CAPACITY: &str = "128";
 pub const DEFAULT_ENGINES_PER_WORKER: &str = "4";
 pub const DEFAULT_HEALTHCHECK_TIMEOUT_SECS: u64 = 3;
+/// Files one multipart upload may carry.
+pub const DEFAULT_MAX_UPLOAD_FILES: usize = 16;
 
 /// Where Debian, Ubuntu and source installs put traineddata, searched in this order when
 /// neither `--tessdata` nor `TESSDATA_PREFIX` is set.
@@ -99,9 +101,17 @@ pub struct ServeArgs {
     #[arg(long = "model-name", alias = "model_name", env = "TESSERVE_MODEL_NAME", default_value = DEFAULT_MODEL_NAME)]
     pub model_name: String,
 
-    /// Largest gRPC message accepted or sent, in bytes.
+    /// Largest gRPC message or REST request body accepted (and gRPC message sent), in bytes.
     #[arg(long, env = "TESSERVE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+
+    /// Files one multipart upload (`/predict`, `/gateway/ocr`) may carry.
+    #[arg(long, env = "TESSERVE_MAX_UPLOAD_FILES", default_value_t = DEFAULT_MAX_UPLOAD_FILES)]
+    pub max_upload_files: usize,
+
+    /// Hosts `/read_ocr` may fetch image URLs from (comma-separated). Empty: URLs are refused.
+    #[arg(long, env = "TESSERVE_ALLOW_URL_FETCH", value_delimiter = ',')]
+    pub allow_url_fetch: Vec<String>,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -208,7 +218,17 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     pub model_name: String,
     pub max_message_bytes: usize,
+    pub rest: RestConfig,
     pub pool: PoolConfig,
+}
+
+/// What the REST side needs beyond the model.
+#[derive(Clone, Debug)]
+pub struct RestConfig {
+    pub max_body_bytes: usize,
+    pub max_upload_files: usize,
+    /// Lower-case host names image URLs may point at; empty disables URL fetching.
+    pub url_fetch_hosts: Vec<String>,
 }
 
 impl ServeArgs {
@@ -218,11 +238,26 @@ impl ServeArgs {
                 name: "max-message-bytes",
             });
         }
+        if self.max_upload_files == 0 {
+            return Err(ConfigError::Zero {
+                name: "max-upload-files",
+            });
+        }
         Ok(ServeConfig {
             grpc_addr: SocketAddr::new(self.bind, self.grpc_port),
             http_addr: SocketAddr::new(self.bind, self.http_port),
             model_name: self.model_name.clone(),
             max_message_bytes: self.max_message_bytes,
+            rest: RestConfig {
+                max_body_bytes: self.max_message_bytes,
+                max_upload_files: self.max_upload_files,
+                url_fetch_hosts: self
+                    .allow_url_fetch
+                    .iter()
+                    .map(|host| host.trim().to_ascii_lowercase())
+                    .filter(|host| !host.is_empty())
+                    .collect(),
+            },
             pool: self.engine.validate()?,
         })
     }

@@ -1,12 +1,23 @@
-//! The gRPC listener: the OIP service, standard health checking that follows readiness, server
-//! reflection (v1 and v1alpha), and graceful shutdown.
+//! The listeners: gRPC on its own port (tonic's HTTP/2 transport), and REST + gRPC together on
+//! the REST port (HTTP/1.1 and h2c); standard health checking that follows readiness, server
+//! reflection (v1 and v1alpha), request ids, and graceful shutdown.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use axum::{
+    http::{header, HeaderMap},
+    response::{IntoResponse, Response},
+};
+use futures::TryFutureExt;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
-use tonic::codec::CompressionEncoding;
-use tonic_health::{server::HealthReporter, ServingStatus};
+use tonic::{codec::CompressionEncoding, service::Routes};
+use tonic_health::{
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+    ServingStatus,
+};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
     config::ServeConfig,
@@ -15,6 +26,7 @@ use crate::{
     oip::{
         grpc::OipService,
         pb::{self, grpc_inference_service_server::GrpcInferenceServiceServer},
+        rest,
     },
 };
 
@@ -31,6 +43,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -38,10 +52,11 @@ pub enum ServeError {
 /// A server that is listening. Engines may still be loading: see [`Server::ready`].
 pub struct Server {
     grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
     model: Arc<Model>,
     health: HealthReporter,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
 }
 
 /// The fully qualified name health checks use for the inference service.
@@ -49,64 +64,76 @@ pub const SERVICE_NAME: &str =
     <GrpcInferenceServiceServer<OipService> as tonic::server::NamedService>::NAME;
 
 impl Server {
-    /// Binds the listener and starts serving; the engines load in the background while health
-    /// reports NOT_SERVING.
+    /// Binds both listeners and starts serving; the engines load in the background while
+    /// health reports NOT_SERVING.
     pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: config.grpc_addr,
-            source,
-        })?;
+        let grpc_listener = bind(config.grpc_addr).await?;
+        let http_listener = bind(config.http_addr).await?;
+        let grpc_addr = local_addr(&grpc_listener, config.grpc_addr)?;
+        let http_addr = local_addr(&http_listener, config.http_addr)?;
         let model = Model::new(config.model_name, EnginePool::start(config.pool)?);
-
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
-        // grpcurl up to 1.8.7, Postman and Python's grpcio-reflection speak only v1alpha.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        let grpc = GrpcServices {
+            model: model.clone(),
+            health: health_service,
+            max_message_bytes: config.max_message_bytes,
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        let oip = GrpcInferenceServiceServer::new(OipService::new(model.clone()))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
 
-        let incoming = TcpListenerStream::new(listener).map(|stream| {
+        // The gRPC port: HTTP/2 only, tonic's own transport.
+        let router = tonic::transport::Server::builder()
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .add_routes(grpc.routes()?);
+        let incoming = TcpListenerStream::new(grpc_listener).map(|stream| {
             let stream = stream?;
             // Small unary responses must not wait for Nagle's algorithm.
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         });
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(oip);
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = shutdown_rx.await;
-        }));
-        tracing::info!(%grpc_addr, model = model.name(), "listening for gRPC");
+        let grpc_task = tokio::spawn(
+            router
+                .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()))
+                .map_err(ServeError::from),
+        );
+
+        // The REST port: HTTP/1.1 and h2c, REST and gRPC on one listener.
+        let app = grpc
+            .routes()?
+            .into_axum_router()
+            .merge(rest::router(model.clone(), config.rest))
+            .fallback(fallback)
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+        let http_task = tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stopped(shutdown_rx))
+                .await
+                .map_err(ServeError::Http)
+        });
+
+        tracing::info!(%grpc_addr, %http_addr, model = model.name(), "listening");
         Ok(Server {
             grpc_addr,
+            http_addr,
             model,
             health,
             shutdown,
-            task,
+            tasks: vec![grpc_task, http_task],
         })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -128,10 +155,65 @@ impl Server {
     /// Reports NOT_SERVING, stops accepting, lets in-flight calls finish, then returns.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         set_health(&self.health, ServingStatus::NotServing).await;
-        let _ = self.shutdown.send(());
-        self.task.await??;
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.await??;
+        }
         Ok(())
     }
+}
+
+/// What both listeners serve over gRPC. Each listener gets its own service instances; they
+/// share the model and the health state.
+struct GrpcServices {
+    model: Arc<Model>,
+    health: HealthServer<HealthService>,
+    max_message_bytes: usize,
+}
+
+impl GrpcServices {
+    fn routes(&self) -> Result<Routes, ServeError> {
+        // grpcurl up to 1.8.7, Postman and Python's grpcio-reflection speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let oip = GrpcInferenceServiceServer::new(OipService::new(self.model.clone()))
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        Ok(Routes::new(self.health.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(oip))
+    }
+}
+
+/// Unknown paths: UNIMPLEMENTED for gRPC callers, a JSON 404 for everyone else.
+async fn fallback(headers: HeaderMap) -> Response {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented("no such gRPC method").into_http()
+    } else {
+        rest::not_found().await.into_response()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Runs until `signal` resolves, then shuts down gracefully.

@@ -47,6 +47,7 @@ impl Served {
         command
             .args(["serve", "--bind", "127.0.0.1", "--workers", "1"])
             .args(["--grpc-port", &port.to_string()])
+            .args(["--http-port", &free_port().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for (key, value) in extra_env {
@@ -152,7 +153,7 @@ fn ocr_names_the_file_it_could_not_use() {
 
 #[test]
 fn configuration_mistakes_are_usage_errors_before_anything_binds() {
-    let output = tesserve(&["--lang", "klingon", "--grpc-port", "1"]);
+    let output = tesserve(&["--lang", "klingon", "--grpc-port", "1", "--http-port", "1"]);
     assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
     assert!(

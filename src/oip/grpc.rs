@@ -12,17 +12,12 @@ use tonic::{metadata::MetadataMap, Code, Request, Response, Status, Streaming};
 use super::{
     codec::infer,
     pb::{self, grpc_inference_service_server::GrpcInferenceService},
+    EXTENSIONS, SERVER_NAME,
 };
 use crate::{
     model::{ErrorKind, InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
 };
-
-/// The name servers report in `ServerMetadata`.
-pub const SERVER_NAME: &str = "tesserve";
-
-/// Protocol extensions this server implements (beyond the core OIP RPCs).
-pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
 
 pub struct OipService {
     model: Arc<Model>,

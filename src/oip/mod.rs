@@ -4,7 +4,14 @@
 
 pub mod codec;
 pub mod grpc;
+pub mod rest;
 pub mod tensor;
+
+/// The name the server reports in its metadata.
+pub const SERVER_NAME: &str = "tesserve";
+
+/// Protocol extensions this server implements, beyond the core OIP API.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
 
 /// Code generated from `proto/` by the build script.
 #[allow(clippy::all, missing_docs)]

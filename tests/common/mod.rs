@@ -37,10 +37,18 @@ impl TestServer {
         } else {
             &["--workers", "2"][..]
         };
-        let args = ["tesserve", "--bind", "127.0.0.1", "--grpc-port", "0"]
-            .into_iter()
-            .chain(workers.iter().copied())
-            .chain(flags.iter().copied());
+        let args = [
+            "tesserve",
+            "--bind",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ]
+        .into_iter()
+        .chain(workers.iter().copied())
+        .chain(flags.iter().copied());
         let config = Cli::try_parse_from(args).unwrap().serve.validate().unwrap();
         let server = Server::start(config).await.unwrap();
         let client = client(server.grpc_addr()).await;
@@ -49,6 +57,11 @@ impl TestServer {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.grpc_addr()
+    }
+
+    /// `http://127.0.0.1:PORT` of the REST listener.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.server.http_addr())
     }
 }
 

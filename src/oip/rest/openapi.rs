@@ -1,0 +1,74 @@
+//! The OpenAPI 3 description of the REST endpoints, generated from the handlers' annotations,
+//! and a self-contained page that renders it (no asset is fetched from anywhere).
+
+use axum::{
+    http::header,
+    response::{Html, IntoResponse},
+    Json,
+};
+use utoipa::OpenApi;
+
+use super::{gateway, v1, v2};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tesserve",
+        description = "Tesseract OCR over the KServe Open Inference Protocol. The same API is \
+                       served over gRPC as inference.GRPCInferenceService."
+    ),
+    paths(
+        super::index, super::healthz, super::server_metadata, super::live, super::ready,
+        super::model_metadata, super::model_version_metadata, super::model_ready,
+        super::model_version_ready, v2::infer, v2::infer_version, v1::model_status, v1::predict,
+        gateway::predict, gateway::gateway_ocr, gateway::read_ocr,
+    ),
+    tags(
+        (name = "oip", description = "Open Inference Protocol REST v2, with the binary tensor extension"),
+        (name = "kserve-v1", description = "KServe v1 protocol"),
+        (name = "gateway", description = "Uploads for curl and older OCR clients"),
+        (name = "service", description = "Index and health"),
+    )
+)]
+struct ApiDoc;
+
+pub async fn spec() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+pub async fn docs() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DOCS_PAGE))
+}
+
+/// Lists every operation of `/openapi.json` with its parameters, body and responses.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tesserve API</title>
+<style>
+body{font:15px/1.45 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}.op{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.6em 1em}
+.m{display:inline-block;min-width:4em;font-weight:700;text-transform:uppercase}
+.get{color:#1565c0}.post{color:#2e7d32}code,pre{background:#f5f5f5;border-radius:4px;padding:.1em .3em}
+pre{padding:.6em;overflow:auto}small{color:#666}
+</style></head><body>
+<h1>tesserve API</h1><p id="about"><small>loading /openapi.json …</small></p><div id="ops"></div>
+<script>
+const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
+fetch("/openapi.json").then(r => r.json()).then(spec => {
+  document.getElementById("about").innerHTML = esc(spec.info.description) +
+    ' <small>(<a href="/openapi.json">openapi.json</a>, version ' + esc(spec.info.version) + ")</small>";
+  const ops = document.getElementById("ops");
+  for (const [path, item] of Object.entries(spec.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const params = (op.parameters || []).map(p => "<code>" + esc(p.name) + "</code> (" + esc(p.in) + ")").join(", ");
+      const body = op.requestBody ? Object.keys(op.requestBody.content || {}).join(", ") : "";
+      const responses = Object.entries(op.responses || {}).map(([code, r]) => code + " " + esc(r.description)).join("<br>");
+      ops.insertAdjacentHTML("beforeend", '<div class="op"><span class="m ' + method + '">' + method +
+        "</span> <code>" + esc(path) + "</code> <small>" + esc((op.tags || []).join(", ")) + "</small>" +
+        (op.description ? "<p>" + esc(op.description) + "</p>" : "") +
+        (params ? "<p>Parameters: " + params + "</p>" : "") +
+        (body ? "<p>Body: " + esc(body) + (op.requestBody.description ? " — " + esc(op.requestBody.description) : "") + "</p>" : "") +
+        "<p>" + responses + "</p></div>");
+    }
+  }
+}).catch(e => { document.getElementById("about").textContent = "could not load /openapi.json: " + e; });
+</script></body></html>"#;
