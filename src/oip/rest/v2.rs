@@ -290,9 +290,11 @@ fn params(
                     (None, Some(u)) => ParameterChoice::Uint64Param(u),
                     _ => ParameterChoice::DoubleParam(n.as_f64().unwrap_or(f64::NAN)),
                 },
-                other => return Err(RestError::bad_request(format!(
+                other => {
+                    return Err(RestError::bad_request(format!(
                     "{place} parameter '{name}' must be a string, number or boolean, not {other}"
-                ))),
+                )))
+                }
             };
             Ok((
                 name,
@@ -395,9 +397,11 @@ fn respond(response: pb::ModelInferResponse, binary: &BinaryOutputs) -> Response
 /// FP32 as numbers.
 fn json_data(datatype: &str, raw: &[u8]) -> Value {
     match datatype {
+        // Through the f32's shortest decimal form: 0.96, not 0.9599999785423279.
         "FP32" => raw
             .chunks_exact(4)
-            .map(|c| Value::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).to_string())
+            .map(|decimal| decimal.parse::<f64>().map_or(Value::Null, Value::from))
             .collect(),
         _ => tensor::split_bytes(&Bytes::copy_from_slice(raw))
             .unwrap_or_default()
