@@ -19,6 +19,15 @@ def addr() -> str:
     return value
 
 
+@pytest.fixture(scope="session")
+def http_addr() -> str:
+    """host:port of the same server's REST listener."""
+    value = os.environ.get("TESSERVE_HTTP_ADDR")
+    if not value:
+        pytest.fail("TESSERVE_HTTP_ADDR is not set; run grpc-tests/run.sh")
+    return value
+
+
 def render_image(text: str) -> Image.Image:
     """Black text on white, 32 px DejaVu Sans, one line per '\\n'."""
     font = ImageFont.truetype(FONT, 32)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests with clients this project did not write (grpcurl, tritonclient, kserve),
+# End-to-end tests with clients this project did not write (grpcurl, curl, tritonclient grpc and
+# http, kserve grpc and REST, an OpenAPI validator),
 # against a freshly started server. Creates the Python venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +36,6 @@ done
 export TESSERVE_GRPC_ADDR="127.0.0.1:$port"
 export TESSERVE_HTTP_ADDR="127.0.0.1:$http_port"
 # tritonclient and kserve register the same protobuf symbols: one process each.
-"$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_grpcurl.py grpc-tests/test_tritonclient.py
-"$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_kserve.py
+"$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_grpcurl.py grpc-tests/test_curl.py \
+  grpc-tests/test_tritonclient.py grpc-tests/test_tritonclient_http.py
+"$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_kserve.py grpc-tests/test_kserve_rest.py

@@ -88,3 +88,9 @@ def test_errors_carry_code_and_message(addr):
     assert result.returncode != 0
     assert "Code: NotFound" in result.stderr
     assert "unknown model 'nope'" in result.stderr
+
+
+def test_grpcurl_works_on_the_rest_port_too(http_addr):
+    assert "inference.GRPCInferenceService" in ok(grpcurl(http_addr, "list")).split()
+    ready = ok(grpcurl(http_addr, "inference.GRPCInferenceService/ServerReady"))
+    assert json.loads(ready) == {"ready": True}

@@ -31,6 +31,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `lang` and `psm`, from the query string or form fields.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GatewayQuery {
     /// Language(s), e.g. `eng` or `eng+deu`.
     lang: Option<String>,

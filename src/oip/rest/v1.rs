@@ -51,7 +51,7 @@ pub struct PredictResponse {
     predictions: Vec<Prediction>,
 }
 
-#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "kserve-v1",
+#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "kserve-v1", operation_id = "kserve_v1_predict",
     params(("model" = String, Path)), request_body = PredictRequest,
     responses((status = 200, body = PredictResponse), (status = 400, body = super::ErrorBody),
         (status = 404, body = super::ErrorBody)))]
