@@ -266,7 +266,7 @@ async fn v2_errors_say_what_and_where() {
     assert_error(
         post(b"{not json".to_vec()).await.unwrap(),
         StatusCode::BAD_REQUEST,
-        "not a valid inference request",
+        "request body is not valid JSON",
     )
     .await;
     let bad_image = json!({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
@@ -414,6 +414,16 @@ async fn kserve_v1_predict() {
     assert_text(predictions[1]["text"].as_str().unwrap(), "Second 202", 1);
     assert!(predictions[0]["confidence"].as_f64().unwrap() > 0.5);
     assert_eq!(predictions[0]["boxes"][1]["text"], "101");
+
+    // curl -d sends a form Content-Type; the body is JSON all the same.
+    let as_curl_sends_it = http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_curl_sends_it.status(), StatusCode::OK);
 
     let bad = json!({"instances": [{"image": {"b64": b64(&png(&["ok"]))}}, {"image": "raw"}]});
     assert_error(

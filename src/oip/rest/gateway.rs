@@ -8,7 +8,7 @@ use axum::{
     body::Bytes,
     extract::{
         multipart::{Multipart, MultipartError, MultipartRejection},
-        rejection::{JsonRejection, QueryRejection},
+        rejection::QueryRejection,
         Query, State,
     },
     http::{HeaderMap, StatusCode},
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{request_id, RestError, RestState, SharedState};
+use super::{parse_json, request_id, RestError, RestState, SharedState};
 use crate::{
     model::{InferRequest, ParamValue},
     ocr::{ImageInput, OcrResult, OutputKind},
@@ -269,10 +269,10 @@ pub struct ReadOcrRequest {
 pub async fn read_ocr(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    body: Result<Json<ReadOcrRequest>, JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<GatewayResult>, RestError> {
     let started = Instant::now();
-    let Json(request) = body.map_err(|e| RestError::bad_request(e.body_text()))?;
+    let request: ReadOcrRequest = parse_json(&body)?;
     let image = match request.image.trim() {
         url if url.starts_with("http://") || url.starts_with("https://") => {
             state.fetcher.fetch(url).await?

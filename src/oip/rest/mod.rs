@@ -143,6 +143,16 @@ impl IntoResponse for RestError {
     }
 }
 
+/// Parses a JSON body whatever its Content-Type says: tritonclient.http sends none and curl's
+/// `-d` sends a form type.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RestError> {
+    serde_json::from_slice(body).map_err(|e| {
+        RestError::bad_request(format!(
+            "request body is not valid JSON for this endpoint: {e}"
+        ))
+    })
+}
+
 /// JSON for paths no route serves.
 pub async fn not_found() -> RestError {
     RestError::new(

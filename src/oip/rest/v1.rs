@@ -1,7 +1,8 @@
 //! KServe's v1 protocol: `GET /v1/models/{model}` and `POST /v1/models/{model}:predict`.
 
 use axum::{
-    extract::{rejection::JsonRejection, Path, State},
+    body::Bytes,
+    extract::{Path, State},
     http::StatusCode,
     Json,
 };
@@ -12,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::{
     gateway::{recognize, Prediction},
-    RestError, SharedState,
+    parse_json, RestError, SharedState,
 };
 use crate::ocr::ImageInput;
 
@@ -58,7 +59,7 @@ pub struct PredictResponse {
 pub async fn predict(
     State(state): State<SharedState>,
     Path(target): Path<String>,
-    body: Result<Json<PredictRequest>, JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<PredictResponse>, RestError> {
     // The route captures "ocr:predict" as one path segment.
     let (model, action) = target.split_once(':').unwrap_or((&target, ""));
@@ -69,7 +70,7 @@ pub async fn predict(
         ));
     }
     state.model.resolve(model, "")?;
-    let Json(request) = body.map_err(|e| RestError::bad_request(e.body_text()))?;
+    let request: PredictRequest = parse_json(&body)?;
     let images = request
         .instances
         .iter()

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{request_id, RestError, SharedState};
+use super::{parse_json, request_id, RestError, SharedState};
 use crate::oip::{
     codec,
     pb::{self, infer_parameter::ParameterChoice},
@@ -127,11 +127,7 @@ async fn run(
     body: Bytes,
 ) -> Result<Response, RestError> {
     let (json, mut tail) = split_body(headers, body)?;
-    let request: InferRequestBody = serde_json::from_slice(&json).map_err(|e| {
-        RestError::bad_request(format!(
-            "request body is not a valid inference request: {e}"
-        ))
-    })?;
+    let request: InferRequestBody = parse_json(&json)?;
 
     let binary_outputs = binary_outputs(&request)?;
     let mut raw_input_contents = Vec::with_capacity(request.inputs.len());
