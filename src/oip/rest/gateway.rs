@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{parse_json, request_id, RestError, RestState, SharedState};
+use super::{parse_json, request_id, RawBody, RestError, RestState, SharedState};
 use crate::{
     model::{InferRequest, ParamValue},
     ocr::{ImageInput, OcrResult, OutputKind},
@@ -269,7 +269,7 @@ pub struct ReadOcrRequest {
 pub async fn read_ocr(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<GatewayResult>, RestError> {
     let started = Instant::now();
     let request: ReadOcrRequest = parse_json(&body)?;

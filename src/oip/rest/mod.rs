@@ -10,7 +10,8 @@ mod v2;
 use std::sync::Arc;
 
 use axum::{
-    extract::{DefaultBodyLimit, Path, State},
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, Path, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -140,6 +141,20 @@ impl IntoResponse for RestError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// The raw request body. A body over the limit is a JSON 413, like every other error.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = RestError;
+
+    async fn from_request(request: Request, state: &S) -> Result<RawBody, RestError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| RestError::new(e.status(), e.body_text()))
     }
 }
 

@@ -1,7 +1,6 @@
 //! KServe's v1 protocol: `GET /v1/models/{model}` and `POST /v1/models/{model}:predict`.
 
 use axum::{
-    body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     Json,
@@ -13,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::{
     gateway::{recognize, Prediction},
-    parse_json, RestError, SharedState,
+    parse_json, RawBody, RestError, SharedState,
 };
 use crate::ocr::ImageInput;
 
@@ -59,7 +58,7 @@ pub struct PredictResponse {
 pub async fn predict(
     State(state): State<SharedState>,
     Path(target): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<PredictResponse>, RestError> {
     // The route captures "ocr:predict" as one path segment.
     let (model, action) = target.split_once(':').unwrap_or((&target, ""));

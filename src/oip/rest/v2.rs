@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{parse_json, request_id, RestError, SharedState};
+use super::{parse_json, request_id, RawBody, RestError, SharedState};
 use crate::oip::{
     codec,
     pb::{self, infer_parameter::ParameterChoice},
@@ -101,7 +101,7 @@ pub async fn infer(
     State(state): State<SharedState>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, RestError> {
     run(&state, model, String::new(), &headers, body).await
 }
@@ -114,7 +114,7 @@ pub async fn infer_version(
     State(state): State<SharedState>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, RestError> {
     run(&state, model, version, &headers, body).await
 }
