@@ -4,8 +4,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Runtime and build: libtesseract (+ leptonica) via pkg-config, English traineddata.
-# Tests: DejaVu Sans renders the test images; python3-venv runs the external clients.
-APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core
+# Tests: DejaVu Sans renders the test images; python3-venv runs the external clients; curl is
+# one of them; promtool (package prometheus) lints the metrics exposition.
+APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core curl prometheus
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 

@@ -10,16 +10,25 @@ use tesserve::{
 fn main() -> ExitCode {
     limit_openmp_threads();
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
+            eprintln!("tesserve: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Declared after the runtime, so dropped (and flushed) while the runtime still runs.
+    let _telemetry = {
+        let _context = runtime.enter();
+        match telemetry::init(cli.log_format, None) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("tesserve: {error}");
+                return ExitCode::from(2);
+            }
         }
     };
     let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {

@@ -28,6 +28,7 @@ use crate::{
         pb::{self, grpc_inference_service_server::GrpcInferenceServiceServer},
         rest,
     },
+    telemetry::AccessLayer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,8 @@ impl Server {
         let http_listener = bind(config.http_addr).await?;
         let grpc_addr = local_addr(&grpc_listener, config.grpc_addr)?;
         let http_addr = local_addr(&http_listener, config.http_addr)?;
+        // Before anything records a metric.
+        crate::telemetry::metrics::exporter();
         let model = Model::new(config.model_name, EnginePool::start(config.pool)?);
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
@@ -86,9 +89,11 @@ impl Server {
         };
 
         // The gRPC port: HTTP/2 only, tonic's own transport.
+        // tonic applies the first layer outermost: the id is set before it is logged.
         let router = tonic::transport::Server::builder()
-            .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(AccessLayer)
             .add_routes(grpc.routes()?);
         let incoming = TcpListenerStream::new(grpc_listener).map(|stream| {
             let stream = stream?;
@@ -103,11 +108,13 @@ impl Server {
         );
 
         // The REST port: HTTP/1.1 and h2c, REST and gRPC on one listener.
+        // axum applies the last layer outermost.
         let app = grpc
             .routes()?
             .into_axum_router()
             .merge(rest::router(model.clone(), config.rest))
             .fallback(fallback)
+            .layer(AccessLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
         let http_task = tokio::spawn(async move {

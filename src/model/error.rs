@@ -66,6 +66,24 @@ impl InferError {
         }
     }
 
+    /// A short fixed word for metrics labels and logs, never the message itself.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InferError::ModelNotFound { .. } | InferError::VersionNotFound { .. } => "not_found",
+            InferError::Image {
+                source: ImageError::TooManyBytes { .. } | ImageError::TooManyPixels { .. },
+                ..
+            } => "limits",
+            InferError::Image { .. } => "invalid_image",
+            InferError::InvalidInput(_) | InferError::Lang { .. } => "invalid_argument",
+            InferError::NotReady(_) => "not_ready",
+            InferError::QueueFull(_) => "queue_full",
+            InferError::DeadlineExceeded => "deadline",
+            InferError::Cancelled => "cancelled",
+            InferError::Internal(_) => "internal",
+        }
+    }
+
     /// The message to send to the client: the full story for the client's own mistakes, a
     /// generic line for the server's (which is logged instead).
     pub fn client_message(&self) -> String {

@@ -12,8 +12,12 @@ pub use self::error::{ErrorKind, InferError};
 pub use self::params::{OptionsBuilder, ParamValue};
 pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
 
-use crate::ocr::{
-    EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
+use ::metrics::{counter, histogram};
+use tracing::Instrument;
+
+use crate::{
+    ocr::{EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind},
+    telemetry::{self, metrics},
 };
 
 /// The platform reported in model metadata.
@@ -136,14 +140,35 @@ impl Model {
     /// order. Fails as a whole if any image fails, naming the image.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let started = Instant::now();
-        let result = self.run(request).await;
+        let bytes = request.images.iter().map(ImageInput::len).sum();
+        telemetry::note_inference(&self.name, request.images.len(), bytes);
+        let span = tracing::info_span!(
+            "infer",
+            model = %self.name,
+            images = request.images.len(),
+            lang = request.options.lang.as_str(),
+        );
+        let result = self.run(request).instrument(span).await;
+        let elapsed = started.elapsed();
         match &result {
             Ok(response) => {
                 let timings: Vec<_> = response.results.iter().map(|r| r.timings).collect();
-                self.stats.record_success(&timings, started.elapsed());
+                self.stats.record_success(&timings, elapsed);
+                for result in &response.results {
+                    histogram!(metrics::IMAGE_PIXELS).record(result.pixels as f64);
+                    histogram!(metrics::QUEUE_WAIT).record(result.timings.queue.as_secs_f64());
+                    histogram!(metrics::DECODE).record(result.timings.decode.as_secs_f64());
+                    histogram!(metrics::RECOGNITION).record(result.timings.recognize.as_secs_f64());
+                }
+                counter!(metrics::IMAGES).increment(response.results.len() as u64);
             }
-            Err(_) => self.stats.record_failure(started.elapsed()),
+            Err(error) => {
+                self.stats.record_failure(elapsed);
+                counter!(metrics::REJECTED, "reason" => error.reason()).increment(1);
+            }
         }
+        histogram!(metrics::KSERVE_PREDICT, "model_name" => self.name.clone())
+            .record(elapsed.as_secs_f64());
         result
     }
 
@@ -173,11 +198,16 @@ impl Model {
         let jobs = request
             .images
             .into_iter()
-            .map(|image| Job {
-                image,
-                options: options.clone(),
-                outputs,
-                deadline,
+            .enumerate()
+            .map(|(index, image)| {
+                histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
+                Job {
+                    span: tracing::info_span!("image", batch_index = index, bytes = image.len()),
+                    image,
+                    options: options.clone(),
+                    outputs,
+                    deadline,
+                }
             })
             .collect();
         let receivers = self.pool.submit(jobs)?;

@@ -55,6 +55,8 @@ pub struct OcrResult {
     pub hocr: Option<String>,
     pub tsv: Option<String>,
     pub timings: Timings,
+    /// Width × height of the decoded image.
+    pub pixels: u64,
 }
 
 /// Where the time of one image went.

@@ -119,6 +119,18 @@ impl RawPixels {
 }
 
 impl ImageInput {
+    /// Bytes as received: the encoded file, or the raw pixels.
+    pub fn len(&self) -> usize {
+        match self {
+            ImageInput::Encoded(file) => file.len(),
+            ImageInput::Raw(raw) => raw.data.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Checks what can be known without decoding: byte size, format and header dimensions.
     /// Cheap enough for the request path.
     pub fn inspect(&self, limits: &ImageLimits) -> Result<(), ImageError> {

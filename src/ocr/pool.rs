@@ -7,12 +7,13 @@
 //! batch and never makes a caller wait unboundedly.
 
 use std::{
+    collections::BTreeMap,
     num::NonZeroUsize,
     panic::{catch_unwind, AssertUnwindSafe},
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     thread,
     time::Instant,
@@ -52,6 +53,8 @@ pub struct Job {
     /// Past this instant the job is dropped if still queued, and cancelled inside Tesseract if
     /// running.
     pub deadline: Option<Instant>,
+    /// The trace span of this image; queue wait, decoding and recognition are its children.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,8 @@ pub type Reply = Result<OcrResult, JobError>;
 struct Envelope {
     job: Job,
     enqueued: Instant,
+    /// Open while the job waits; closed when a worker takes it.
+    queue_span: tracing::Span,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -109,11 +114,25 @@ pub struct EnginePool {
 #[derive(Default)]
 struct Counters {
     queued: AtomicUsize,
+    /// Jobs ever queued and ever taken by a worker: a scraped queue depth misses spikes, these
+    /// do not.
+    pushed: AtomicUsize,
+    popped: AtomicUsize,
     busy: AtomicUsize,
     loaded: AtomicUsize,
     abandoned: AtomicUsize,
     expired: AtomicUsize,
     cancelled: AtomicUsize,
+    /// Engines alive, by language specification, across workers.
+    engines: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Counters {
+    fn engines_changed(&self, lang: &Lang, delta: isize) {
+        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = engines.entry(lang.as_str().to_owned()).or_default();
+        *count = count.saturating_add_signed(delta);
+    }
 }
 
 /// Jobs that never produced a result, by reason. Monotonic.
@@ -197,12 +216,14 @@ impl EnginePool {
                 capacity: self.capacity,
                 requested,
             })?;
+        self.counters.pushed.fetch_add(requested, Ordering::Relaxed);
         let enqueued = Instant::now();
         let receivers = jobs
             .into_iter()
             .map(|job| {
                 let (reply, receiver) = oneshot::channel();
                 let envelope = Envelope {
+                    queue_span: tracing::info_span!(parent: &job.span, "queue_wait"),
                     job,
                     enqueued,
                     reply,
@@ -248,6 +269,18 @@ impl EnginePool {
         self.counters.busy.load(Ordering::Acquire)
     }
 
+    /// Jobs ever queued and ever taken from the queue.
+    pub fn pushed_popped(&self) -> (usize, usize) {
+        let load = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
+        (load(&self.counters.pushed), load(&self.counters.popped))
+    }
+
+    /// Engines alive per language specification, across workers.
+    pub fn engines_loaded(&self) -> BTreeMap<String, usize> {
+        let engines = self.counters.engines.lock();
+        engines.unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     pub fn dropped(&self) -> Dropped {
         let load = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
         Dropped {
@@ -271,6 +304,7 @@ impl Worker {
     fn run(mut self) {
         match Engine::new(&self.config.tessdata, &self.config.default_lang) {
             Ok(engine) => {
+                self.counters.engines_changed(engine.lang(), 1);
                 self.engines.push(engine);
                 let loaded = self.counters.loaded.fetch_add(1, Ordering::AcqRel) + 1;
                 if loaded == self.config.workers.get() {
@@ -285,6 +319,7 @@ impl Worker {
         // Ends when the pool, the only sender, is dropped and the queue is drained.
         while let Ok(envelope) = self.jobs.recv() {
             self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+            self.counters.popped.fetch_add(1, Ordering::Relaxed);
             self.serve(envelope);
         }
     }
@@ -293,8 +328,10 @@ impl Worker {
         let Envelope {
             job,
             enqueued,
+            queue_span,
             reply,
         } = envelope;
+        drop(queue_span);
         let queue_time = enqueued.elapsed();
         // Nobody is waiting for this answer any more: skip Tesseract entirely.
         if reply.is_closed() {
@@ -326,7 +363,9 @@ impl Worker {
             }),
             Err(_) => {
                 // The engines may be mid-page in an unknown state: start them afresh.
-                self.engines.clear();
+                for engine in self.engines.drain(..) {
+                    self.counters.engines_changed(engine.lang(), -1);
+                }
                 tracing::error!("recognition panicked; the worker's engines were reset");
                 Err(JobError::Panicked)
             }
@@ -336,11 +375,22 @@ impl Worker {
 
     fn recognize(&mut self, job: Job, cancel: &dyn Fn() -> bool) -> Result<OcrResult, JobError> {
         let started = Instant::now();
-        let pixels = job.image.decode(&self.config.limits)?;
+        let limits = self.config.limits;
+        let pixels = tracing::info_span!(parent: &job.span, "decode")
+            .in_scope(|| job.image.decode(&limits))?;
         let decode_time = started.elapsed();
+        let span = tracing::info_span!(
+            parent: &job.span,
+            "recognize",
+            lang = job.options.lang.as_str(),
+            width = pixels.width(),
+            height = pixels.height(),
+        );
+        let _entered = span.enter();
         let engine = self.engine(&job.options.lang)?;
         let mut result = engine.recognize(&pixels, &job.options, job.outputs, cancel)?;
         result.timings.decode = decode_time;
+        result.pixels = u64::from(pixels.width()) * u64::from(pixels.height());
         Ok(result)
     }
 
@@ -350,8 +400,11 @@ impl Worker {
             Some(index) => self.engines[..=index].rotate_right(1),
             None => {
                 let engine = Engine::new(&self.config.tessdata, lang)?;
-                self.engines
-                    .truncate(self.config.engines_per_worker.get() - 1);
+                let keep = self.config.engines_per_worker.get() - 1;
+                for evicted in self.engines.drain(keep.min(self.engines.len())..) {
+                    self.counters.engines_changed(evicted.lang(), -1);
+                }
+                self.counters.engines_changed(engine.lang(), 1);
                 self.engines.insert(0, engine);
             }
         }

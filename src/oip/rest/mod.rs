@@ -50,6 +50,7 @@ pub fn router(model: Arc<Model>, config: RestConfig) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
         .route("/v2", get(server_metadata))
@@ -196,6 +197,7 @@ pub struct Index {
 
 const ENDPOINTS: &[&str] = &[
     "GET /healthz",
+    "GET /metrics",
     "GET /openapi.json",
     "GET /docs",
     "GET /v2",
@@ -229,6 +231,19 @@ pub struct Healthz {
     /// Why the server is not ready, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics(State(state): State<SharedState>) -> Response {
+    match crate::telemetry::metrics::exporter() {
+        Some(exporter) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            exporter.render(&state.model),
+        )
+            .into_response(),
+        None => RestError::new(StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "service", responses(

@@ -18,7 +18,7 @@ use super::{gateway, v1, v2};
                        served over gRPC as inference.GRPCInferenceService."
     ),
     paths(
-        super::index, super::healthz, super::server_metadata, super::live, super::ready,
+        super::index, super::healthz, super::metrics, super::server_metadata, super::live, super::ready,
         super::model_metadata, super::model_version_metadata, super::model_ready,
         super::model_version_ready, v2::infer, v2::infer_version, v1::model_status, v1::predict,
         gateway::predict, gateway::gateway_ocr, gateway::read_ocr,

@@ -1,0 +1,294 @@
+//! One tower layer on both listeners that makes, per request: the trace span (continuing the
+//! caller's W3C `traceparent`), one access-log line, one count in `tesserve_requests_total`
+//! and one latency sample. The log line and the metrics come from the same event, so they
+//! cannot disagree.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::extract::MatchedPath;
+use http::{HeaderMap, Request, Response};
+use metrics::{counter, gauge, histogram};
+use opentelemetry::propagation::Extractor;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::metrics::{IN_FLIGHT, REQUESTS, REQUEST_DURATION};
+
+tokio::task_local! {
+    /// What the model saw of the current request, for its access-log line.
+    static NOTE: RefCell<Option<InferenceNote>>;
+}
+
+#[derive(Clone, Debug, Default)]
+struct InferenceNote {
+    model: String,
+    images: usize,
+    bytes: usize,
+}
+
+/// Called by the model for the access log: which model the request reached, how many images
+/// it carried and their bytes. A no-op outside a request (the `ocr` subcommand).
+pub fn note_inference(model: &str, images: usize, bytes: usize) {
+    let _ = NOTE.try_with(|note| {
+        *note.borrow_mut() = Some(InferenceNote {
+            model: model.to_owned(),
+            images,
+            bytes,
+        })
+    });
+}
+
+/// gRPC methods with a name of their own in metrics; any other path counts as `unknown`, so
+/// clients cannot mint label values.
+const GRPC_METHODS: &[&str] = &[
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+    "/inference.GRPCInferenceService/ServerMetadata",
+    "/inference.GRPCInferenceService/ModelMetadata",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
+    "/inference.GRPCInferenceService/ModelConfig",
+    "/inference.GRPCInferenceService/ModelStatistics",
+    "/inference.GRPCInferenceService/RepositoryIndex",
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLayer;
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Access<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for Access<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let record = Record::start(&request);
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %record.endpoint,
+            otel.kind = "server",
+            protocol = record.protocol,
+            endpoint = %record.endpoint,
+            request_id = %record.request_id,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&Headers(request.headers()))
+        });
+        // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
+        let _ = span.set_parent(parent);
+
+        // The service that was polled ready serves this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = inner.call(request).instrument(span);
+        Box::pin(NOTE.scope(RefCell::new(None), async move {
+            let mut record = record;
+            let result = future.await;
+            if let Ok(response) = &result {
+                record.finish(response);
+            }
+            result
+        }))
+    }
+}
+
+/// One request being served. Emitted when finished, or as `cancelled` if the caller went
+/// away first (the future is dropped).
+struct Record {
+    started: Instant,
+    protocol: &'static str,
+    endpoint: String,
+    request_id: String,
+    tenant_id: String,
+    content_length: Option<u64>,
+    done: bool,
+}
+
+impl Record {
+    fn start<B>(request: &Request<B>) -> Record {
+        let headers = request.headers();
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let path = request.uri().path();
+        let endpoint = if grpc {
+            let known = GRPC_METHODS.contains(&path);
+            if known { path } else { "unknown" }.to_owned()
+        } else {
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+        };
+        gauge!(IN_FLIGHT).increment(1);
+        Record {
+            started: Instant::now(),
+            protocol: if grpc { "grpc" } else { "rest" },
+            endpoint,
+            request_id: header(headers, "x-request-id"),
+            tenant_id: header(headers, "x-tenant-id"),
+            content_length: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            done: false,
+        }
+    }
+
+    fn finish<RB>(&mut self, response: &Response<RB>) {
+        let (outcome, status) = match self.protocol {
+            "grpc" => grpc_outcome(response.headers()),
+            _ => http_outcome(response.status().as_u16()),
+        };
+        self.emit(outcome, status);
+    }
+
+    fn emit(&mut self, outcome: &'static str, status: i64) {
+        self.done = true;
+        gauge!(IN_FLIGHT).decrement(1);
+        let note = NOTE
+            .try_with(|n| n.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let latency = self.started.elapsed();
+        let payload_size = match note.bytes {
+            0 => self.content_length.unwrap_or(0),
+            bytes => bytes as u64,
+        };
+        tracing::info!(
+            target: "tesserve::access",
+            request_id = %self.request_id,
+            tenant_id = %self.tenant_id,
+            protocol = self.protocol,
+            endpoint = %self.endpoint,
+            model = %note.model,
+            outcome,
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            payload_size,
+            images = note.images,
+            "request"
+        );
+        let labels = [
+            ("protocol", self.protocol.to_owned()),
+            ("endpoint", self.endpoint.clone()),
+            ("model", note.model),
+            ("outcome", outcome.to_owned()),
+        ];
+        counter!(REQUESTS, &labels).increment(1);
+        let labels = [
+            ("protocol", self.protocol.to_owned()),
+            ("endpoint", self.endpoint.clone()),
+        ];
+        histogram!(REQUEST_DURATION, &labels).record(latency.as_secs_f64());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.done {
+            let status = if self.protocol == "grpc" { 1 } else { 499 };
+            self.emit("cancelled", status);
+        }
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Unary gRPC errors travel as trailers-only responses, so `grpc-status` is in the headers;
+/// a response without it is a success whose status follows in the trailers.
+fn grpc_outcome(headers: &HeaderMap) -> (&'static str, i64) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+        .unwrap_or(0);
+    let outcome = match tonic::Code::from(code) {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::ResourceExhausted => "rate_limited",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission_denied",
+        _ => "internal",
+    };
+    (outcome, i64::from(code))
+}
+
+fn http_outcome(status: u16) -> (&'static str, i64) {
+    let outcome = match status {
+        200..=399 => "ok",
+        401 => "unauthenticated",
+        403 => "permission_denied",
+        404 => "not_found",
+        413 => "too_large",
+        429 => "rate_limited",
+        499 => "cancelled",
+        501 => "unimplemented",
+        503 => "unavailable",
+        504 => "deadline_exceeded",
+        400..=499 => "invalid_argument",
+        _ => "internal",
+    };
+    (outcome, i64::from(status))
+}
+
+/// W3C trace context from gRPC metadata or HTTP headers (the same thing on the wire).
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
