@@ -145,7 +145,7 @@ impl Model {
         let span = tracing::info_span!(
             "infer",
             model = %self.name,
-            images = request.images.len(),
+            images = request.images.len() as i64,
             lang = request.options.lang.as_str(),
         );
         let result = self.run(request).instrument(span).await;
@@ -202,7 +202,12 @@ impl Model {
             .map(|(index, image)| {
                 histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
                 Job {
-                    span: tracing::info_span!("image", batch_index = index, bytes = image.len()),
+                    // Span numbers as i64: OpenTelemetry has no unsigned integers.
+                    span: tracing::info_span!(
+                        "image",
+                        batch_index = index as i64,
+                        bytes = image.len() as i64
+                    ),
                     image,
                     options: options.clone(),
                     outputs,

@@ -383,8 +383,8 @@ impl Worker {
             parent: &job.span,
             "recognize",
             lang = job.options.lang.as_str(),
-            width = pixels.width(),
-            height = pixels.height(),
+            width = i64::from(pixels.width()),
+            height = i64::from(pixels.height()),
         );
         let _entered = span.enter();
         let engine = self.engine(&job.options.lang)?;

@@ -9,6 +9,8 @@
 mod access;
 pub mod metrics;
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
@@ -62,8 +64,13 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<String>) -> Result<Telemetr
         .transpose()?;
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = match format {
+        LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Text,
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
+    };
     let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
+        LogFormat::Text | LogFormat::Auto => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
