@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::{
     config::{HealthcheckArgs, OcrArgs},
-    model::{InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL},
+    model::{Admission, InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL},
     ocr::{EnginePool, ImageInput, OutputKind},
     oip::pb::{grpc_inference_service_client::GrpcInferenceServiceClient, ServerReadyRequest},
 };
@@ -33,10 +33,8 @@ pub enum CommandError {
 
 /// Recognises each file and prints its text (or one JSON object per line with `--json`).
 pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
-    let model = Model::new(
-        DEFAULT_MODEL.to_owned(),
-        EnginePool::start(args.engine.validate()?)?,
-    );
+    let pool = EnginePool::start(args.engine.validate()?)?;
+    let model = Model::new(DEFAULT_MODEL.to_owned(), pool, Admission::default());
     model.pool().wait_ready().await?;
     let mut options = model.options_builder();
     if let Some(psm) = args.psm {

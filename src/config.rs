@@ -11,7 +11,12 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::ocr::{ImageLimits, Languages, PoolConfig};
+use tokio::sync::Semaphore;
+
+use crate::{
+    model::Admission,
+    ocr::{ImageLimits, Languages, PoolConfig},
+};
 
 pub const DEFAULT_BIND: &str = "0.0.0.0";
 /// KServe's convention for the gRPC (h2c) port.
@@ -32,6 +37,14 @@ pub const DEFAULT_ENGINES_PER_WORKER: &str = "4";
 pub const DEFAULT_HEALTHCHECK_TIMEOUT_SECS: u64 = 3;
 /// Files one multipart upload may carry.
 pub const DEFAULT_MAX_UPLOAD_FILES: usize = 16;
+/// Inference requests in flight at once; beyond this they are shed (UNAVAILABLE / 503).
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+/// The longest any inference may take, whatever the client asks.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 120.0;
+/// After SIGTERM, how long the listeners keep accepting while load balancers catch up.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 5.0;
+/// After SIGTERM, how long in-flight work may take before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: f64 = 30.0;
 
 /// Where Debian, Ubuntu and source installs put traineddata, searched in this order when
 /// neither `--tessdata` nor `TESSDATA_PREFIX` is set.
@@ -109,6 +122,23 @@ pub struct ServeArgs {
     /// Files one multipart upload (`/predict`, `/gateway/ocr`) may carry.
     #[arg(long, env = "TESSERVE_MAX_UPLOAD_FILES", default_value_t = DEFAULT_MAX_UPLOAD_FILES)]
     pub max_upload_files: usize,
+
+    /// Inference requests served at once; more are refused at once with UNAVAILABLE / 503.
+    #[arg(long, env = "TESSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+
+    /// Seconds any inference may take; caps the client's grpc-timeout / x-request-timeout.
+    #[arg(long, env = "TESSERVE_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout: f64,
+
+    /// Seconds after SIGTERM during which new connections are still accepted (readiness is
+    /// already false), so load balancers stop routing here before the listeners close.
+    #[arg(long, env = "TESSERVE_SHUTDOWN_GRACE", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace: f64,
+
+    /// Seconds after the grace period that in-flight and queued requests may take to finish.
+    #[arg(long, env = "TESSERVE_SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
+    pub shutdown_timeout: f64,
 
     /// Hosts `/read_ocr` may fetch image URLs from (comma-separated). Empty: URLs are refused.
     #[arg(long, env = "TESSERVE_ALLOW_URL_FETCH", value_delimiter = ',')]
@@ -210,6 +240,8 @@ pub enum ConfigError {
     Zero { name: &'static str },
     #[error("--{name} must be at most {max}")]
     TooLarge { name: &'static str, max: u64 },
+    #[error("--{name} must be a number of seconds, not {value}")]
+    Seconds { name: &'static str, value: f64 },
 }
 
 /// A validated `serve` configuration.
@@ -219,8 +251,17 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     pub model_name: String,
     pub max_message_bytes: usize,
+    pub admission: Admission,
+    pub shutdown: Shutdown,
     pub rest: RestConfig,
     pub pool: PoolConfig,
+}
+
+/// How the server stops on SIGTERM.
+#[derive(Clone, Copy, Debug)]
+pub struct Shutdown {
+    pub grace: Duration,
+    pub timeout: Duration,
 }
 
 /// What the REST side needs beyond the model.
@@ -239,9 +280,21 @@ impl ServeArgs {
                 name: "max-message-bytes",
             });
         }
-        if self.max_upload_files == 0 {
+        for (name, value) in [
+            ("max-upload-files", self.max_upload_files),
+            ("max-concurrent-requests", self.max_concurrent_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        let seconds = |name: &'static str, value: f64| {
+            Duration::try_from_secs_f64(value).map_err(|_| ConfigError::Seconds { name, value })
+        };
+        let request_timeout = seconds("request-timeout", self.request_timeout)?;
+        if request_timeout.is_zero() {
             return Err(ConfigError::Zero {
-                name: "max-upload-files",
+                name: "request-timeout",
             });
         }
         Ok(ServeConfig {
@@ -249,6 +302,14 @@ impl ServeArgs {
             http_addr: SocketAddr::new(self.bind, self.http_port),
             model_name: self.model_name.clone(),
             max_message_bytes: self.max_message_bytes,
+            admission: Admission {
+                max_concurrent_requests: self.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
+                request_timeout: Some(request_timeout),
+            },
+            shutdown: Shutdown {
+                grace: seconds("shutdown-grace", self.shutdown_grace)?,
+                timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            },
             rest: RestConfig {
                 max_body_bytes: self.max_message_bytes,
                 max_upload_files: self.max_upload_files,

@@ -2,7 +2,7 @@
 //! the REST port (HTTP/1.1 and h2c); standard health checking that follows readiness, server
 //! reflection (v1 and v1alpha), request ids, and graceful shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     http::{header, HeaderMap},
@@ -20,8 +20,8 @@ use tonic_health::{
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
-    config::ServeConfig,
-    model::Model,
+    config::{ServeConfig, Shutdown},
+    model::{Model, NotReady},
     ocr::{EnginePool, PoolError},
     oip::{
         grpc::OipService,
@@ -56,8 +56,10 @@ pub struct Server {
     http_addr: SocketAddr,
     model: Arc<Model>,
     health: HealthReporter,
+    drain: Shutdown,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    load_follower: JoinHandle<()>,
 }
 
 /// The fully qualified name health checks use for the inference service.
@@ -74,7 +76,11 @@ impl Server {
         let http_addr = local_addr(&http_listener, config.http_addr)?;
         // Before anything records a metric.
         crate::telemetry::metrics::exporter();
-        let model = Model::new(config.model_name, EnginePool::start(config.pool)?);
+        let model = Model::new(
+            config.model_name,
+            EnginePool::start(config.pool)?,
+            config.admission,
+        );
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
@@ -125,13 +131,16 @@ impl Server {
         });
 
         tracing::info!(%grpc_addr, %http_addr, model = model.name(), "listening");
+        let load_follower = tokio::spawn(follow_load(model.clone(), health.clone()));
         Ok(Server {
             grpc_addr,
             http_addr,
             model,
             health,
+            drain: config.shutdown,
             shutdown,
             tasks: vec![grpc_task, http_task],
+            load_follower,
         })
     }
 
@@ -150,7 +159,7 @@ impl Server {
     /// Waits for the engines to load, then reports SERVING.
     pub async fn ready(&self) -> Result<(), ServeError> {
         self.model.pool().wait_ready().await?;
-        set_health(&self.health, ServingStatus::Serving).await;
+        sync_health(&self.model, &self.health).await;
         tracing::info!(
             workers = self.model.pool().workers(),
             lang = self.model.pool().default_lang().as_str(),
@@ -159,14 +168,32 @@ impl Server {
         Ok(())
     }
 
-    /// Reports NOT_SERVING, stops accepting, lets in-flight calls finish, then returns.
+    /// Drains: readiness turns false at once; the listeners keep accepting for the grace
+    /// period (load balancers need a moment to stop routing here), then stop; in-flight and
+    /// queued requests finish within the shutdown timeout, or are abandoned with a warning.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.model.start_draining();
+        self.load_follower.abort();
         set_health(&self.health, ServingStatus::NotServing).await;
+        tracing::info!(grace = ?self.drain.grace, "draining: readiness is false");
+        tokio::time::sleep(self.drain.grace).await;
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            task.await??;
+        let finish = async {
+            for task in self.tasks {
+                task.await??;
+            }
+            Ok::<_, ServeError>(())
+        };
+        match tokio::time::timeout(self.drain.timeout, finish).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?self.drain.timeout,
+                    "drain overran the shutdown timeout; exiting with requests in flight"
+                );
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
@@ -234,6 +261,53 @@ pub async fn run(config: ServeConfig, signal: impl Future<Output = ()>) -> Resul
     signal.await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+/// Sampling period of the queue for readiness.
+const LOAD_SAMPLE: Duration = Duration::from_millis(250);
+/// Queue fill at which the server counts as saturated, and for how many samples in a row.
+const SATURATED: f64 = 0.9;
+const SATURATED_SAMPLES: u32 = 8;
+/// Queue fill below which a saturated server is ready again.
+const DRAINED: f64 = 0.5;
+
+/// Readiness follows the queue: nearly full for two seconds turns it false, so Kubernetes
+/// routes to other replicas; half empty turns it true again. Requests are still served
+/// meanwhile.
+async fn follow_load(model: Arc<Model>, health: HealthReporter) {
+    let mut samples = tokio::time::interval(LOAD_SAMPLE);
+    let mut saturated_for = 0;
+    loop {
+        samples.tick().await;
+        let pool = model.pool();
+        let fill = pool.queued() as f64 / pool.capacity() as f64;
+        saturated_for = if fill >= SATURATED {
+            saturated_for + 1
+        } else {
+            0
+        };
+        let overloaded = model.readiness() == Err(NotReady::Overloaded);
+        if !overloaded && saturated_for >= SATURATED_SAMPLES {
+            tracing::warn!(
+                queued = pool.queued(),
+                "queue saturated: reporting not ready"
+            );
+            model.set_overloaded(true);
+            sync_health(&model, &health).await;
+        } else if overloaded && fill < DRAINED {
+            tracing::info!(queued = pool.queued(), "queue drained: reporting ready");
+            model.set_overloaded(false);
+            sync_health(&model, &health).await;
+        }
+    }
+}
+
+async fn sync_health(model: &Model, health: &HealthReporter) {
+    let status = match model.is_ready() {
+        true => ServingStatus::Serving,
+        false => ServingStatus::NotServing,
+    };
+    set_health(health, status).await;
 }
 
 /// The whole server ("") and the inference service follow readiness together.

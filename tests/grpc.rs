@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_text, frame, png, render, render_gray, unframe, TestServer};
+use common::{
+    assert_text, eventually, frame, long_page, png, render, render_gray, unframe, TestServer,
+};
 use image::ImageFormat;
 use tesserve::oip::pb::{
     self, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
@@ -688,25 +690,6 @@ async fn expired_deadline_is_deadline_exceeded_and_the_engine_survives() {
         .unwrap()
         .into_inner();
     assert_text(&typed_strings(&response, "text")[0], HELLO, 1);
-}
-
-/// A page long enough to keep one engine busy for a good while.
-fn long_page() -> Vec<u8> {
-    let lines: Vec<String> = (0..40)
-        .map(|i| format!("Line {i} of a long page that takes a while to read"))
-        .collect();
-    png(&lines.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Waits (boundedly) for a condition the server reaches asynchronously.
-async fn eventually(condition: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 10 s");
 }
 
 #[tokio::test]

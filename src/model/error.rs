@@ -41,6 +41,8 @@ pub enum InferError {
     NotReady(String),
     #[error("server busy: {0}; retry later")]
     QueueFull(#[from] QueueFull),
+    #[error("server busy: {limit} requests are in flight, the most it takes; retry later")]
+    Overloaded { limit: usize },
     #[error("deadline exceeded")]
     DeadlineExceeded,
     #[error("request cancelled by the client")]
@@ -59,7 +61,9 @@ impl InferError {
             InferError::InvalidInput(_) | InferError::Image { .. } | InferError::Lang { .. } => {
                 ErrorKind::InvalidArgument
             }
-            InferError::NotReady(_) | InferError::QueueFull(_) => ErrorKind::Unavailable,
+            InferError::NotReady(_) | InferError::QueueFull(_) | InferError::Overloaded { .. } => {
+                ErrorKind::Unavailable
+            }
             InferError::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             InferError::Cancelled => ErrorKind::Cancelled,
             InferError::Internal(_) => ErrorKind::Internal,
@@ -78,6 +82,7 @@ impl InferError {
             InferError::InvalidInput(_) | InferError::Lang { .. } => "invalid_argument",
             InferError::NotReady(_) => "not_ready",
             InferError::QueueFull(_) => "queue_full",
+            InferError::Overloaded { .. } => "shed",
             InferError::DeadlineExceeded => "deadline",
             InferError::Cancelled => "cancelled",
             InferError::Internal(_) => "internal",

@@ -6,7 +6,15 @@ mod error;
 mod params;
 mod stats;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
 
 pub use self::error::{ErrorKind, InferError};
 pub use self::params::{OptionsBuilder, ParamValue};
@@ -78,18 +86,64 @@ pub struct InferResponse {
     pub results: Vec<OcrResult>,
 }
 
+/// How the model admits work: a cap on concurrent inferences (beyond it requests fail at
+/// once) and on how long any one may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Option<Duration>,
+}
+
+impl Default for Admission {
+    fn default() -> Admission {
+        Admission {
+            max_concurrent_requests: Semaphore::MAX_PERMITS,
+            request_timeout: None,
+        }
+    }
+}
+
+/// Why the model should not be sent traffic now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// Engines are still loading the default language.
+    Loading,
+    /// The queue has stayed nearly full; probes fail so traffic goes elsewhere.
+    Overloaded,
+    /// Shutting down: in-flight work finishes, new traffic should go elsewhere.
+    Draining,
+}
+
+impl NotReady {
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotReady::Loading => "engines are loading the default language",
+            NotReady::Overloaded => "overloaded: the queue has stayed nearly full",
+            NotReady::Draining => "shutting down",
+        }
+    }
+}
+
 pub struct Model {
     name: String,
     pool: EnginePool,
     stats: Stats,
+    in_flight: Arc<Semaphore>,
+    admission: Admission,
+    draining: AtomicBool,
+    overloaded: AtomicBool,
 }
 
 impl Model {
-    pub fn new(name: String, pool: EnginePool) -> Arc<Model> {
+    pub fn new(name: String, pool: EnginePool, admission: Admission) -> Arc<Model> {
         Arc::new(Model {
             name,
             pool,
             stats: Stats::default(),
+            in_flight: Arc::new(Semaphore::new(admission.max_concurrent_requests)),
+            admission,
+            draining: AtomicBool::new(false),
+            overloaded: AtomicBool::new(false),
         })
     }
 
@@ -105,8 +159,31 @@ impl Model {
         self.stats.snapshot()
     }
 
+    /// Whether probes should send traffic here. Requests are still served while overloaded
+    /// or draining; only a server whose engines are loading refuses them.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if !self.pool.is_ready() {
+            Err(NotReady::Loading)
+        } else if self.draining.load(Ordering::Acquire) {
+            Err(NotReady::Draining)
+        } else if self.overloaded.load(Ordering::Acquire) {
+            Err(NotReady::Overloaded)
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.pool.is_ready()
+        self.readiness().is_ok()
+    }
+
+    /// Readiness turns false for good: the server is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded.store(overloaded, Ordering::Release);
     }
 
     /// The options a request starts from before its parameters apply.
@@ -173,9 +250,17 @@ impl Model {
     }
 
     async fn run(&self, request: InferRequest) -> Result<InferResponse, InferError> {
-        if !self.is_ready() {
+        if !self.pool.is_ready() {
             return Err(InferError::NotReady(self.name.clone()));
         }
+        // Shed at once rather than pile up: the client retries elsewhere or later.
+        let _permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| InferError::Overloaded {
+                    limit: self.admission.max_concurrent_requests,
+                })?;
         if request.images.is_empty() {
             return Err(InferError::InvalidInput(format!(
                 "input '{INPUT_NAME}' has no elements"
@@ -188,7 +273,11 @@ impl Model {
                 .inspect(limits)
                 .map_err(|source| InferError::Image { index, source })?;
         }
-        let deadline = request.deadline;
+        let cap = self.admission.request_timeout.map(|t| Instant::now() + t);
+        let deadline = match (request.deadline, cap) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        };
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(InferError::DeadlineExceeded);
         }

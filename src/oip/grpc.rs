@@ -283,7 +283,14 @@ pub fn status(error: InferError) -> Status {
         ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::Internal => Code::Internal,
     };
-    Status::new(code, error.client_message())
+    let mut status = Status::new(code, error.client_message());
+    if code == Code::Unavailable {
+        status.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    status
 }
 
 /// The most the server's deadline runs ahead of the client's; see [`grpc_deadline`].

@@ -73,6 +73,25 @@ pub async fn client(addr: std::net::SocketAddr) -> Client {
         .max_encoding_message_size(64 << 20)
 }
 
+/// A page long enough to keep one engine busy for a good while (about a second here).
+pub fn long_page() -> Vec<u8> {
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("Line {i} of a long page that takes a while to read"))
+        .collect();
+    png(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits (boundedly) for a condition the server reaches asynchronously.
+pub async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
 /// Renders `lines` of black text on white, 32 px DejaVu Sans, as an 8-bit gray image.
 pub fn render_gray(lines: &[&str]) -> GrayImage {
     let data = std::fs::read(FONT).expect("fonts-dejavu-core is installed");

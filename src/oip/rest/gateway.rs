@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{parse_json, request_id, RawBody, RestError, RestState, SharedState};
+use super::{parse_json, request_deadline, request_id, RawBody, RestError, RestState, SharedState};
 use crate::{
     model::{InferRequest, ParamValue},
     ocr::{ImageInput, OcrResult, OutputKind},
@@ -97,6 +97,7 @@ impl From<OcrResult> for Prediction {
 /// Recognises images with parameters given as JSON scalars, through the one inference path.
 pub(super) async fn recognize(
     state: &RestState,
+    headers: &HeaderMap,
     images: Vec<ImageInput>,
     params: &[(String, Value)],
 ) -> Result<Vec<Prediction>, RestError> {
@@ -118,7 +119,11 @@ pub(super) async fn recognize(
         };
         options.apply("parameter", name, value)?;
     }
-    let deadline = options.timeout().map(|timeout| Instant::now() + timeout);
+    let asked = options.timeout().map(|timeout| Instant::now() + timeout);
+    let deadline = match (asked, request_deadline(headers)?) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let request = InferRequest {
         id: String::new(),
         images,
@@ -215,7 +220,7 @@ async fn upload(
         )));
     }
     let several = images.len() > 1;
-    let predictions = recognize(state, images, &params).await?;
+    let predictions = recognize(state, headers, images, &params).await?;
     let results = gateway_results(headers, started, predictions);
     Ok(match several {
         true => Json(results).into_response(),
@@ -283,7 +288,8 @@ pub async fn read_ocr(
     if let Some(lang) = request.lang {
         params.push(("lang".into(), Value::String(lang)));
     }
-    let predictions = recognize(&state, vec![ImageInput::Encoded(image)], &params).await?;
+    let predictions =
+        recognize(&state, &headers, vec![ImageInput::Encoded(image)], &params).await?;
     let result = gateway_results(&headers, started, predictions)
         .into_iter()
         .next();

@@ -7,7 +7,10 @@ mod openapi;
 mod v1;
 mod v2;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::Bytes,
@@ -250,19 +253,41 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     (status = 200, description = "Ready to serve", body = Healthz),
     (status = 503, description = "Not ready, with the reason", body = Healthz)))]
 async fn healthz(State(state): State<SharedState>) -> (StatusCode, Json<Healthz>) {
-    if state.model.is_ready() {
-        let body = Healthz {
-            ready: true,
-            reason: None,
-        };
-        (StatusCode::OK, Json(body))
-    } else {
-        let body = Healthz {
-            ready: false,
-            reason: Some("engines are loading the default language".into()),
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    match state.model.readiness() {
+        Ok(()) => {
+            let body = Healthz {
+                ready: true,
+                reason: None,
+            };
+            (StatusCode::OK, Json(body))
+        }
+        Err(why) => {
+            let body = Healthz {
+                ready: false,
+                reason: Some(why.reason().to_owned()),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        }
     }
+}
+
+/// The header REST clients bound a request with, in seconds (`2.5`).
+const TIMEOUT_HEADER: &str = "x-request-timeout";
+
+/// The deadline a REST client asked for with `x-request-timeout`.
+pub fn request_deadline(headers: &HeaderMap) -> Result<Option<Instant>, RestError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .map(|timeout| Some(Instant::now() + timeout))
+        .ok_or_else(|| {
+            RestError::bad_request(format!("{TIMEOUT_HEADER} must be a number of seconds"))
+        })
 }
 
 #[derive(Serialize, ToSchema)]

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     Json,
 };
 use base64::Engine as _;
@@ -58,6 +58,7 @@ pub struct PredictResponse {
 pub async fn predict(
     State(state): State<SharedState>,
     Path(target): Path<String>,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<PredictResponse>, RestError> {
     // The route captures "ocr:predict" as one path segment.
@@ -80,7 +81,7 @@ pub async fn predict(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let params: Vec<_> = request.parameters.into_iter().collect();
-    let predictions = recognize(&state, images, &params).await?;
+    let predictions = recognize(&state, &headers, images, &params).await?;
     Ok(Json(PredictResponse { predictions }))
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{parse_json, request_id, RawBody, RestError, SharedState};
+use super::{parse_json, request_deadline, request_id, RawBody, RestError, SharedState};
 use crate::oip::{
     codec,
     pb::{self, infer_parameter::ParameterChoice},
@@ -171,7 +171,7 @@ async fn run(
         outputs,
         raw_input_contents,
     };
-    let response = codec::infer(&state.model, proto, None).await?;
+    let response = codec::infer(&state.model, proto, request_deadline(headers)?).await?;
     Ok(respond(response, &binary_outputs))
 }
 

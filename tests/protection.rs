@@ -1,0 +1,285 @@
+//! Protection: load shedding, readiness under saturation, deadlines on both protocols, and a
+//! graceful shutdown that loses nothing.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{assert_text, eventually, long_page, png, TestServer};
+use serde_json::Value;
+use tesserve::oip::pb;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tesserve");
+
+fn request(images: Vec<Vec<u8>>) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: "ocr".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![images.len() as i64],
+            contents: Some(pb::InferTensorContents {
+                bytes_contents: images.into_iter().map(Into::into).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+            name: "text".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn text(response: &pb::ModelInferResponse) -> String {
+    let bytes = &response.outputs[0]
+        .contents
+        .as_ref()
+        .unwrap()
+        .bytes_contents[0];
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_limit_are_shed_at_once() {
+    let s = TestServer::start(&["--workers", "1", "--max-concurrent-requests", "1"]).await;
+    let mut busy = s.client.clone();
+    let running = tokio::spawn(async move { busy.model_infer(request(vec![long_page()])).await });
+    eventually(|| s.server.model().pool().busy() == 1).await;
+
+    let shed = s
+        .client
+        .clone()
+        .model_infer(request(vec![png(&["x"])]))
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable);
+    assert!(
+        shed.message().contains("1 requests are in flight"),
+        "{}",
+        shed.message()
+    );
+    assert_eq!(shed.metadata().get("retry-after").unwrap(), "1");
+
+    let http = reqwest::Client::new();
+    let rest = http
+        .post(format!("{}/read_ocr", s.http()))
+        .body(format!(r#"{{"image": "{}"}}"#, base64(&png(&["x"]))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 503);
+    assert_eq!(rest.headers()["retry-after"], "1");
+    // Probes are never shed.
+    let live = http
+        .get(format!("{}/v2/health/live", s.http()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+
+    assert!(running.await.unwrap().is_ok());
+    let after = s
+        .client
+        .clone()
+        .model_infer(request(vec![png(&["Again"])]))
+        .await;
+    assert_text(&text(&after.unwrap().into_inner()), "Again", 1);
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn readiness_turns_false_while_the_queue_stays_saturated() {
+    let s = TestServer::start(&["--workers", "1", "--queue-capacity", "2"]).await;
+    // One page running, two waiting: the queue is full for as long as the first page takes.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = common::client(s.addr()).await;
+        clients.push(tokio::spawn(async move {
+            client.model_infer(request(vec![long_page()])).await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(|| s.server.model().pool().queued() == 2).await;
+
+    let http = reqwest::Client::new();
+    let healthz = || http.get(format!("{}/healthz", s.http())).send();
+    let started = Instant::now();
+    loop {
+        let response = healthz().await.unwrap();
+        if response.status() == 503 {
+            let body: Value = response.json().await.unwrap();
+            assert!(
+                body["reason"].as_str().unwrap().starts_with("overloaded"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never reported overloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = s
+        .client
+        .clone()
+        .server_ready(pb::ServerReadyRequest {})
+        .await
+        .unwrap();
+    assert!(!ready.into_inner().ready);
+
+    // Callers give up: the queue empties and readiness comes back.
+    for client in clients {
+        client.abort();
+    }
+    eventually(|| s.server.model().is_ready()).await;
+    assert_eq!(healthz().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn short_deadlines_on_both_protocols_and_the_server_cap() {
+    let mut s = TestServer::start(&["--workers", "1"]).await;
+    let mut call = tonic::Request::new(request(vec![long_page()]));
+    call.set_timeout(Duration::from_millis(50));
+    let err = s.client.model_infer(call).await.unwrap_err();
+    // At 50 ms the client's own timer may win the race; either way the work is cancelled.
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/v2/models/ocr/infer", s.http());
+    let page = base64(&long_page());
+    let body = serde_json::json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+        "data": [{"b64": page}]}]});
+    let response = http
+        .post(&url)
+        .header("x-request-timeout", "0.05")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let bad = http
+        .post(&url)
+        .header("x-request-timeout", "soon")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    eventually(|| s.server.model().pool().dropped().cancelled >= 2).await;
+    let next = s
+        .client
+        .model_infer(request(vec![png(&["Still fine"])]))
+        .await
+        .unwrap();
+    assert_text(&text(&next.into_inner()), "Still fine", 1);
+
+    // The server-wide cap applies when the client sets no deadline at all.
+    let mut capped = TestServer::start(&["--workers", "1", "--request-timeout", "0.1"]).await;
+    let err = capped
+        .client
+        .model_infer(request(vec![long_page()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_during_a_burst_loses_no_request() {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--workers",
+            "2",
+            "--shutdown-grace",
+            "0.5",
+        ])
+        .args([
+            "--grpc-port",
+            &grpc_port.to_string(),
+            "--http-port",
+            &http_port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !Command::new(BIN)
+        .args([
+            "healthcheck",
+            "--grpc-port",
+            &grpc_port.to_string(),
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut calls = Vec::new();
+        for i in 0..8 {
+            let mut client = common::client(([127, 0, 0, 1], grpc_port).into()).await;
+            let expected = format!("Burst request {}", 100 + i);
+            calls.push(tokio::spawn(async move {
+                let response = client.model_infer(request(vec![png(&[&expected])])).await;
+                (expected, response)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+
+        // Readiness is false at once, while the work goes on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut client = common::client(([127, 0, 0, 1], grpc_port).into()).await;
+        let ready = client
+            .server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap();
+        assert!(!ready.into_inner().ready);
+
+        for call in calls {
+            let (expected, response) = call.await.unwrap();
+            let response = response.unwrap_or_else(|e| panic!("{expected}: {e:?}"));
+            assert_text(&text(&response.into_inner()), &expected, 1);
+        }
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
