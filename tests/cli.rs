@@ -2,19 +2,9 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tesserve");
-
-fn tesserve(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
+use common::served::{free_port, tesserve, Served};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -24,89 +14,6 @@ fn temp_png(name: &str, lines: &[&str]) -> PathBuf {
     let path = std::env::temp_dir().join(format!("tesserve-cli-{}-{name}.png", std::process::id()));
     std::fs::write(&path, common::png(lines)).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `tesserve serve` child process, killed if the test fails.
-struct Served {
-    child: Child,
-    port: u16,
-}
-
-impl Served {
-    fn start(extra_env: &[(&str, &str)], remove_env: &[&str]) -> Served {
-        let port = free_port();
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--bind", "127.0.0.1", "--workers", "1"])
-            .args(["--grpc-port", &port.to_string()])
-            .args(["--http-port", &free_port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
-        for key in remove_env {
-            command.env_remove(key);
-        }
-        Served {
-            child: command.spawn().unwrap(),
-            port,
-        }
-    }
-
-    fn healthcheck(&self) -> Output {
-        tesserve(&[
-            "healthcheck",
-            "--grpc-port",
-            &self.port.to_string(),
-            "--timeout",
-            "2",
-        ])
-    }
-
-    fn wait_ready(&self) {
-        let started = Instant::now();
-        while !self.healthcheck().status.success() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "server never became ready"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no exit after SIGTERM"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -171,9 +78,10 @@ fn configuration_mistakes_are_usage_errors_before_anything_binds() {
 
 #[test]
 fn serve_reports_ready_and_exits_cleanly_on_sigterm() {
-    let served = Served::start(&[], &[]);
+    let mut served = Served::start(&["--workers", "1"], |_| {});
     served.wait_ready();
-    let status = served.terminate();
+    served.sigterm();
+    let status = served.wait();
     assert!(status.success(), "{status:?}");
 }
 
@@ -196,11 +104,13 @@ fn healthcheck_fails_when_nothing_listens() {
 
 #[test]
 fn kserve_style_environment_configures_the_server() {
-    let served = Served::start(&[("TESSERVE_MODEL_NAME", "receipts")], &[]);
+    let served = Served::start(&["--workers", "1"], |command| {
+        command.env("TESSERVE_MODEL_NAME", "receipts");
+    });
     served.wait_ready();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut client = common::client(([127, 0, 0, 1], served.port).into()).await;
+        let mut client = common::client(([127, 0, 0, 1], served.grpc_port).into()).await;
         let ready = client
             .model_ready(tesserve::oip::pb::ModelReadyRequest {
                 name: "receipts".into(),
@@ -216,7 +126,9 @@ fn kserve_style_environment_configures_the_server() {
 /// re-execute itself with the limit set or parallel engines crawl.
 #[test]
 fn openmp_thread_limit_is_set_before_tesseract_loads() {
-    let served = Served::start(&[], &["OMP_THREAD_LIMIT"]);
+    let served = Served::start(&["--workers", "1"], |command| {
+        command.env_remove("OMP_THREAD_LIMIT");
+    });
     served.wait_ready();
     let environ = std::fs::read(format!("/proc/{}/environ", served.child.id())).unwrap();
     assert!(

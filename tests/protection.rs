@@ -3,19 +3,12 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{assert_text, eventually, long_page, png, TestServer};
+use common::{assert_text, eventually, long_page, png, served::Served, TestServer};
 use serde_json::Value;
 use tesserve::oip::pb;
 use tonic::Code;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tesserve");
 
 fn request(images: Vec<Vec<u8>>) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
@@ -200,53 +193,11 @@ async fn short_deadlines_on_both_protocols_and_the_server_cap() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sigterm_during_a_burst_loses_no_request() {
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--workers",
-            "2",
-            "--shutdown-grace",
-            "0.5",
-        ])
-        .args([
-            "--grpc-port",
-            &grpc_port.to_string(),
-            "--http-port",
-            &http_port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !Command::new(BIN)
-        .args([
-            "healthcheck",
-            "--grpc-port",
-            &grpc_port.to_string(),
-            "--timeout",
-            "1",
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        thread::sleep(Duration::from_millis(100));
-    }
+    let mut served = Served::start(&["--workers", "2", "--shutdown-grace", "0.5"], |_| {});
+    served.wait_ready();
+    let grpc_port = served.grpc_port;
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -260,10 +211,7 @@ fn sigterm_during_a_burst_loses_no_request() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        served.sigterm();
 
         // Readiness is false at once, while the work goes on.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -280,6 +228,6 @@ fn sigterm_during_a_burst_loses_no_request() {
             assert_text(&text(&response.into_inner()), &expected, 1);
         }
     });
-    let status = child.wait().unwrap();
+    let status = served.wait();
     assert!(status.success(), "{status:?}");
 }

@@ -5,18 +5,14 @@ mod common;
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
-    net::TcpListener,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
 };
 
-use common::{png, TestServer};
+use common::{png, served::Served, TestServer};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use tesserve::oip::pb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tesserve");
 
 fn typed_request(model: &str, image: Vec<u8>) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
@@ -219,61 +215,20 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn every_request_writes_exactly_one_json_access_line() {
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--workers",
-            "1",
-            "--log-format",
-            "json",
-        ])
-        .args([
-            "--grpc-port",
-            &grpc_port.to_string(),
-            "--http-port",
-            &http_port.to_string(),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut served = Served::start(&["--workers", "1", "--log-format", "json"], |command| {
+        command.stderr(Stdio::piped());
+    });
+    let stderr = served.child.stderr.take().unwrap();
     let reader = thread::spawn(move || {
         BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-
-    let started = Instant::now();
-    while !Command::new(BIN)
-        .args([
-            "healthcheck",
-            "--grpc-port",
-            &grpc_port.to_string(),
-            "--timeout",
-            "1",
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        thread::sleep(Duration::from_millis(100));
-    }
+    served.wait_ready();
+    let (grpc_port, http_port) = (served.grpc_port, served.http_port);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -306,11 +261,8 @@ fn every_request_writes_exactly_one_json_access_line() {
             .insert("x-request-id", "log-grpc-2".parse().unwrap());
         assert!(client.model_infer(request).await.is_err());
     });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    served.sigterm();
+    assert!(served.wait().success());
     let lines = reader.join().unwrap();
 
     let records: Vec<Value> = lines

@@ -2,6 +2,8 @@
 //! images rendered from known text.
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::io::Cursor;
 
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
