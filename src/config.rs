@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::Semaphore;
 
 use crate::{
+    auth::{read_keys_file, AuthConfig, KeysFileError, Limit},
     model::Admission,
     ocr::{ImageLimits, Languages, PoolConfig},
 };
@@ -140,6 +141,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
     pub shutdown_timeout: f64,
 
+    /// API keys: lines `tenant:<hex SHA-256 of the key>[:rps[:burst]]`. When set, every
+    /// request except probes, metrics and API descriptions needs a key.
+    #[arg(long, env = "TESSERVE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Requests per second each tenant may make (token bucket); 0 means unlimited. A tenant's
+    /// own rate in the keys file overrides it.
+    #[arg(long, env = "TESSERVE_RATE_LIMIT_RPS", default_value_t = 0.0)]
+    pub rate_limit_rps: f64,
+
+    /// Requests a tenant may make at once above its rate; default: the rate, rounded up.
+    #[arg(long, env = "TESSERVE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
     /// Hosts `/read_ocr` may fetch image URLs from (comma-separated). Empty: URLs are refused.
     #[arg(long, env = "TESSERVE_ALLOW_URL_FETCH", value_delimiter = ',')]
     pub allow_url_fetch: Vec<String>,
@@ -242,6 +257,8 @@ pub enum ConfigError {
     TooLarge { name: &'static str, max: u64 },
     #[error("--{name} must be a number of seconds, not {value}")]
     Seconds { name: &'static str, value: f64 },
+    #[error("--api-keys-file: {0}")]
+    Keys(#[from] KeysFileError),
 }
 
 /// A validated `serve` configuration.
@@ -252,6 +269,7 @@ pub struct ServeConfig {
     pub model_name: String,
     pub max_message_bytes: usize,
     pub admission: Admission,
+    pub auth: AuthConfig,
     pub shutdown: Shutdown,
     pub rest: RestConfig,
     pub pool: PoolConfig,
@@ -305,6 +323,19 @@ impl ServeArgs {
             admission: Admission {
                 max_concurrent_requests: self.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
                 request_timeout: Some(request_timeout),
+            },
+            auth: AuthConfig {
+                keys: self
+                    .api_keys_file
+                    .as_deref()
+                    .map(read_keys_file)
+                    .transpose()?,
+                default_limit: (self.rate_limit_rps > 0.0).then(|| Limit {
+                    rps: self.rate_limit_rps,
+                    burst: self
+                        .rate_limit_burst
+                        .unwrap_or(self.rate_limit_rps.ceil() as u32),
+                }),
             },
             shutdown: Shutdown {
                 grace: seconds("shutdown-grace", self.shutdown_grace)?,

@@ -4,6 +4,7 @@
 //! (protocol adapters) → [`model`] (the one inference path) → [`ocr`] (images, engines, the
 //! pool). Each layer knows only the one below it.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod model;

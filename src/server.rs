@@ -20,6 +20,7 @@ use tonic_health::{
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{
+    auth::AuthLayer,
     config::{ServeConfig, Shutdown},
     model::{Model, NotReady},
     ocr::{EnginePool, PoolError},
@@ -89,6 +90,7 @@ impl Server {
             health: health_service,
             max_message_bytes: config.max_message_bytes,
         };
+        let auth = AuthLayer::new(config.auth);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -100,6 +102,7 @@ impl Server {
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(AccessLayer)
+            .layer(auth.clone())
             .add_routes(grpc.routes()?);
         let incoming = TcpListenerStream::new(grpc_listener).map(|stream| {
             let stream = stream?;
@@ -120,6 +123,7 @@ impl Server {
             .into_axum_router()
             .merge(rest::router(model.clone(), config.rest))
             .fallback(fallback)
+            .layer(auth)
             .layer(AccessLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));

@@ -316,11 +316,27 @@ impl Worker {
                 return;
             }
         }
-        // Ends when the pool, the only sender, is dropped and the queue is drained.
+        // A job's own panics are caught in `serve`; should anything else panic, the worker
+        // carries on with fresh engines instead of leaving the pool one thread short.
+        while catch_unwind(AssertUnwindSafe(|| self.take_jobs())).is_err() {
+            self.reset_engines();
+            tracing::error!("engine worker panicked; it goes on with fresh engines");
+        }
+    }
+
+    /// Serves jobs until the pool, the only sender, is dropped and the queue is drained.
+    fn take_jobs(&mut self) {
         while let Ok(envelope) = self.jobs.recv() {
             self.counters.queued.fetch_sub(1, Ordering::AcqRel);
             self.counters.popped.fetch_add(1, Ordering::Relaxed);
             self.serve(envelope);
+        }
+    }
+
+    /// Drops every engine: after a panic they may be mid-page in an unknown state.
+    fn reset_engines(&mut self) {
+        for engine in self.engines.drain(..) {
+            self.counters.engines_changed(engine.lang(), -1);
         }
     }
 
@@ -362,10 +378,7 @@ impl Worker {
                 result
             }),
             Err(_) => {
-                // The engines may be mid-page in an unknown state: start them afresh.
-                for engine in self.engines.drain(..) {
-                    self.counters.engines_changed(engine.lang(), -1);
-                }
+                self.reset_engines();
                 tracing::error!("recognition panicked; the worker's engines were reset");
                 Err(JobError::Panicked)
             }

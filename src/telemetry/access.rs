@@ -20,6 +20,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{IN_FLIGHT, REQUESTS, REQUEST_DURATION};
+use crate::auth::Tenant;
 
 tokio::task_local! {
     /// What the model saw of the current request, for its access-log line.
@@ -173,6 +174,9 @@ impl Record {
     }
 
     fn finish<RB>(&mut self, response: &Response<RB>) {
+        if let Some(Tenant(tenant)) = response.extensions().get::<Tenant>() {
+            self.tenant_id.clone_from(tenant);
+        }
         let (outcome, status) = match self.protocol {
             "grpc" => grpc_outcome(response.headers()),
             _ => http_outcome(response.status().as_u16()),

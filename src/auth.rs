@@ -1,0 +1,456 @@
+//! Who is calling, and whether they may now: API keys name tenants, and each tenant has its
+//! own token bucket, so one tenant's burst never spends another's budget. One tower layer on
+//! both listeners; probes, metrics and API descriptions stay open.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use governor::{clock::Clock, DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use metrics::counter;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
+
+use crate::telemetry::metrics::REJECTED;
+
+/// The tenant of requests when no API keys are configured and none is named.
+pub const ANONYMOUS: &str = "anonymous";
+/// Beyond this many remembered anonymous tenants, idle buckets are forgotten.
+const MAX_REMEMBERED_TENANTS: usize = 10_000;
+
+/// Paths that never need a key and are never rate limited: probes, metrics, descriptions.
+const OPEN_PATHS: &[&str] = &[
+    "/",
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+];
+const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// A token bucket: `rps` tokens a second, at most `burst` saved up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limit {
+    pub rps: f64,
+    pub burst: u32,
+}
+
+impl Limit {
+    fn quota(self) -> Option<Quota> {
+        let period = Duration::try_from_secs_f64(1.0 / self.rps).ok()?;
+        let burst = NonZeroU32::new(self.burst.max(1))?;
+        Some(Quota::with_period(period)?.allow_burst(burst))
+    }
+}
+
+/// One line of the keys file: `tenant:<hex SHA-256 of the key>[:rps[:burst]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyEntry {
+    pub tenant: String,
+    pub key_sha256: [u8; 32],
+    pub limit: Option<Limit>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Reads an API keys file. Keys are stored only as SHA-256 digests.
+pub fn read_keys_file(path: &Path) -> Result<Vec<KeyEntry>, KeysFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeysFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entry = parse_key_line(line).map_err(|reason| KeysFileError::Line {
+            path: path.to_owned(),
+            line: index + 1,
+            reason,
+        })?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+fn parse_key_line(line: &str) -> Result<KeyEntry, String> {
+    let mut fields = line.split(':').map(str::trim);
+    let tenant = fields
+        .next()
+        .filter(|t| !t.is_empty())
+        .ok_or("missing tenant")?;
+    let mut key_sha256 = [0u8; 32];
+    hex::decode_to_slice(fields.next().unwrap_or_default(), &mut key_sha256)
+        .map_err(|_| "the key must be 64 hex digits of its SHA-256".to_owned())?;
+    let rps = fields
+        .next()
+        .map(|v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|r| *r > 0.0)
+                .ok_or("rps must be a positive number")
+        })
+        .transpose()?;
+    let burst = fields
+        .next()
+        .map(|v| v.parse::<u32>().map_err(|_| "burst must be a whole number"))
+        .transpose()?;
+    if fields.next().is_some() {
+        return Err("too many fields; expected tenant:sha256[:rps[:burst]]".into());
+    }
+    let limit = rps.map(|rps| Limit {
+        rps,
+        burst: burst.unwrap_or(rps.ceil() as u32),
+    });
+    Ok(KeyEntry {
+        tenant: tenant.to_owned(),
+        key_sha256,
+        limit,
+    })
+}
+
+/// What the layer enforces.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// `None`: no keys required; the tenant is `x-tenant-id` or `anonymous`.
+    pub keys: Option<Vec<KeyEntry>>,
+    /// The bucket of every tenant without a limit of its own; `None`: unlimited.
+    pub default_limit: Option<Limit>,
+}
+
+/// The tenant a request was served for, put in the response's extensions for the access log.
+#[derive(Clone, Debug)]
+pub struct Tenant(pub String);
+
+struct Policy {
+    keys: Option<Vec<(KeyEntry, Option<DefaultDirectRateLimiter>)>>,
+    default: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    policy: Arc<Policy>,
+}
+
+impl AuthLayer {
+    pub fn new(config: AuthConfig) -> AuthLayer {
+        let keys = config.keys.map(|entries| {
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let own = entry
+                        .limit
+                        .and_then(Limit::quota)
+                        .map(governor::RateLimiter::direct);
+                    (entry, own)
+                })
+                .collect()
+        });
+        let default = config
+            .default_limit
+            .and_then(Limit::quota)
+            .map(governor::RateLimiter::keyed);
+        AuthLayer {
+            policy: Arc::new(Policy { keys, default }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+/// Why a request was refused.
+enum Refusal {
+    MissingKey,
+    WrongKey,
+    RateLimited {
+        tenant: String,
+        retry_after: Duration,
+    },
+}
+
+impl Policy {
+    /// The tenant of the request, or why it may not proceed now.
+    fn admit<B>(&self, request: &Request<B>) -> Result<String, Refusal> {
+        let headers = request.headers();
+        let (tenant, own_limiter) = match &self.keys {
+            Some(keys) => {
+                let presented = presented_key(headers).ok_or(Refusal::MissingKey)?;
+                let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+                // Every entry is compared, in constant time, whichever matches.
+                let mut found = None;
+                for (entry, limiter) in keys {
+                    if bool::from(entry.key_sha256.ct_eq(&digest)) {
+                        found = Some((entry.tenant.clone(), limiter.as_ref()));
+                    }
+                }
+                found.ok_or(Refusal::WrongKey)?
+            }
+            None => {
+                let named = headers.get("x-tenant-id").and_then(|v| v.to_str().ok());
+                (
+                    named
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or(ANONYMOUS)
+                        .to_owned(),
+                    None,
+                )
+            }
+        };
+        let checked = match (own_limiter, &self.default) {
+            (Some(own), _) => own.check(),
+            (None, Some(default)) => {
+                if default.len() > MAX_REMEMBERED_TENANTS {
+                    default.retain_recent();
+                }
+                default.check_key(&tenant)
+            }
+            (None, None) => Ok(()),
+        };
+        match checked {
+            Ok(()) => Ok(tenant),
+            Err(not_until) => Err(Refusal::RateLimited {
+                retry_after: not_until
+                    .wait_time_from(governor::clock::DefaultClock::default().now()),
+                tenant,
+            }),
+        }
+    }
+}
+
+/// `authorization: Bearer <key>` or `x-api-key: <key>`.
+fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path)
+        || OPEN_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
+        || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
+}
+
+/// Response bodies the layer can answer with by itself.
+pub trait RefusalBody: Default {
+    fn text(text: String) -> Self;
+}
+
+impl RefusalBody for axum::body::Body {
+    fn text(text: String) -> Self {
+        axum::body::Body::from(text)
+    }
+}
+
+impl RefusalBody for tonic::body::Body {
+    fn text(text: String) -> Self {
+        tonic::body::Body::new(http_body_util::Full::new(Bytes::from(text)))
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: RefusalBody + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if is_open(request.uri().path()) {
+            return self.inner.call(request).boxed();
+        }
+        let grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        match self.policy.admit(&request) {
+            Ok(tenant) => {
+                // Downstream (logs, traces) sees the tenant the key belongs to, not a claim.
+                if let Ok(value) = HeaderValue::from_str(&tenant) {
+                    request.headers_mut().insert("x-tenant-id", value);
+                }
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                async move {
+                    let mut response = inner.call(request).await?;
+                    response.extensions_mut().insert(Tenant(tenant));
+                    Ok(response)
+                }
+                .boxed()
+            }
+            Err(refusal) => {
+                let response = refuse(refusal, grpc);
+                async move { Ok(response) }.boxed()
+            }
+        }
+    }
+}
+
+fn refuse<RB: RefusalBody>(refusal: Refusal, grpc: bool) -> Response<RB> {
+    let (reason, status, code, message, retry_after, tenant) = match refusal {
+        Refusal::MissingKey => (
+            "unauthenticated",
+            StatusCode::UNAUTHORIZED,
+            tonic::Code::Unauthenticated,
+            "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`".to_owned(),
+            None,
+            None,
+        ),
+        Refusal::WrongKey => (
+            "unauthenticated",
+            StatusCode::UNAUTHORIZED,
+            tonic::Code::Unauthenticated,
+            "invalid API key".to_owned(),
+            None,
+            None,
+        ),
+        Refusal::RateLimited {
+            tenant,
+            retry_after,
+        } => (
+            "rate_limited",
+            StatusCode::TOO_MANY_REQUESTS,
+            tonic::Code::ResourceExhausted,
+            format!("rate limit of tenant '{tenant}' exceeded; retry after {retry_after:.2?}"),
+            Some(retry_after.as_secs() + 1),
+            Some(tenant),
+        ),
+    };
+    counter!(REJECTED, "reason" => reason).increment(1);
+    let mut response = if grpc {
+        tonic::Status::new(code, message).into_http::<RB>()
+    } else {
+        let body = serde_json::json!({ "error": message }).to_string();
+        let mut response = Response::new(RB::text(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(tenant) = tenant {
+        response.extensions_mut().insert(Tenant(tenant));
+    }
+    response
+}
+
+/// The digest a keys file holds for `key`: `printf %s "$KEY" | sha256sum` gives the same.
+pub fn key_digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lines() {
+        let digest = key_digest("secret");
+        let entry = parse_key_line(&format!("acme:{digest}:2.5:10")).unwrap();
+        assert_eq!(entry.tenant, "acme");
+        assert_eq!(hex::encode(entry.key_sha256), digest);
+        assert_eq!(
+            entry.limit,
+            Some(Limit {
+                rps: 2.5,
+                burst: 10
+            })
+        );
+        let entry = parse_key_line(&format!("beta:{digest}:3")).unwrap();
+        assert_eq!(entry.limit, Some(Limit { rps: 3.0, burst: 3 }));
+        assert_eq!(
+            parse_key_line(&format!("gamma:{digest}")).unwrap().limit,
+            None
+        );
+        assert!(
+            parse_key_line("acme:secret").is_err(),
+            "keys are never stored in clear"
+        );
+        assert!(parse_key_line(&format!(":{digest}")).is_err());
+        assert!(parse_key_line(&format!("acme:{digest}:-1")).is_err());
+        assert!(parse_key_line(&format!("acme:{digest}:1:2:3")).is_err());
+    }
+
+    #[test]
+    fn probes_and_metrics_stay_open() {
+        for path in [
+            "/healthz",
+            "/metrics",
+            "/v2/health/ready",
+            "/v2/models/ocr/ready",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(is_open(path), "{path}");
+        }
+        for path in [
+            "/predict",
+            "/v2/models/ocr/infer",
+            "/inference.GRPCInferenceService/ModelInfer",
+        ] {
+            assert!(!is_open(path), "{path}");
+        }
+    }
+}
