@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{png, TestServer};
+use common::{png, typed_request, TestServer};
 use reqwest::StatusCode;
 use tesserve::{auth::key_digest, oip::pb};
 use tonic::{Code, Request};
@@ -20,23 +20,6 @@ fn keys_file() -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn infer_request() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "ocr".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            contents: Some(pb::InferTensorContents {
-                bytes_contents: vec![png(&["Keyed"]).into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value = format!("Bearer {key}").parse().unwrap();
@@ -49,7 +32,11 @@ async fn api_keys_missing_wrong_and_right() {
     let keys = keys_file();
     let mut s = TestServer::start(&["--api-keys-file", &keys]).await;
 
-    let missing = s.client.model_infer(infer_request()).await.unwrap_err();
+    let missing = s
+        .client
+        .model_infer(typed_request(&[png(&["Keyed"])]))
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
     assert!(
         missing.message().starts_with("missing API key"),
@@ -58,7 +45,7 @@ async fn api_keys_missing_wrong_and_right() {
     );
     let wrong = s
         .client
-        .model_infer(with_key(infer_request(), "nope"))
+        .model_infer(with_key(typed_request(&[png(&["Keyed"])]), "nope"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -67,7 +54,7 @@ async fn api_keys_missing_wrong_and_right() {
     );
     assert!(s
         .client
-        .model_infer(with_key(infer_request(), "acme-key"))
+        .model_infer(with_key(typed_request(&[png(&["Keyed"])]), "acme-key"))
         .await
         .is_ok());
 

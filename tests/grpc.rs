@@ -9,7 +9,8 @@ use std::{
 };
 
 use common::{
-    assert_text, eventually, frame, long_page, png, render, render_gray, unframe, TestServer,
+    assert_text, eventually, frame, long_page, png, render, render_gray, typed_request, unframe,
+    TestServer,
 };
 use image::ImageFormat;
 use tesserve::oip::pb::{
@@ -35,24 +36,6 @@ fn params(entries: &[(&str, ParameterChoice)]) -> HashMap<String, InferParameter
             (k.to_string(), InferParameter { parameter_choice })
         })
         .collect()
-}
-
-/// A request as grpcurl and kserve's list inputs send it: typed `bytes_contents`.
-fn typed_request(images: &[impl AsRef<[u8]>]) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: "ocr".into(),
-        inputs: vec![InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![images.len() as i64],
-            contents: Some(InferTensorContents {
-                bytes_contents: images.iter().map(|i| i.as_ref().to_vec().into()).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// A request as tritonclient sends it: `raw_input_contents`, length-prefixed.

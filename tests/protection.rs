@@ -5,30 +5,19 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_text, eventually, long_page, png, served::Served, TestServer};
+use common::{assert_text, eventually, long_page, png, served::Served, typed_request, TestServer};
 use serde_json::Value;
 use tesserve::oip::pb;
 use tonic::Code;
 
+/// A typed request for the `text` output only.
 fn request(images: Vec<Vec<u8>>) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "ocr".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![images.len() as i64],
-            contents: Some(pb::InferTensorContents {
-                bytes_contents: images.into_iter().map(Into::into).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
-            name: "text".into(),
-            ..Default::default()
-        }],
+    let mut request = typed_request(&images);
+    request.outputs = vec![pb::model_infer_request::InferRequestedOutputTensor {
+        name: "text".into(),
         ..Default::default()
-    }
+    }];
+    request
 }
 
 fn text(response: &pb::ModelInferResponse) -> String {

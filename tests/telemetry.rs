@@ -9,43 +9,29 @@ use std::{
     thread,
 };
 
-use common::{png, served::Served, TestServer};
+use common::{png, served::Served, typed_request, TestServer};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
-use tesserve::oip::pb;
-
-fn typed_request(model: &str, image: Vec<u8>) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "image".into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            contents: Some(pb::InferTensorContents {
-                bytes_contents: vec![image.into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 /// gRPC and REST traffic with successes and each kind of failure.
 async fn mixed_workload(s: &mut TestServer) {
     let ok = s
         .client
-        .model_infer(typed_request("ocr", png(&["Metrics 1"])))
+        .model_infer(typed_request(&[png(&["Metrics 1"])]))
         .await;
     assert!(ok.is_ok());
     let bad = s
         .client
-        .model_infer(typed_request("ocr", b"junk".to_vec()))
+        .model_infer(typed_request(&[b"junk".to_vec()]))
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     let unknown = s
         .client
-        .model_infer(typed_request("nope", png(&["x"])))
+        .model_infer({
+            let mut request = typed_request(&[png(&["x"])]);
+            request.model_name = "nope".into();
+            request
+        })
         .await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
     let http = reqwest::Client::new();
@@ -250,12 +236,12 @@ fn every_request_writes_exactly_one_json_access_line() {
             .await
             .unwrap();
         let mut client = common::client(([127, 0, 0, 1], grpc_port).into()).await;
-        let mut request = tonic::Request::new(typed_request("ocr", png(&["Logged twice"])));
+        let mut request = tonic::Request::new(typed_request(&[png(&["Logged twice"])]));
         request
             .metadata_mut()
             .insert("x-request-id", "log-grpc-1".parse().unwrap());
         client.model_infer(request).await.unwrap();
-        let mut request = tonic::Request::new(typed_request("ocr", b"junk".to_vec()));
+        let mut request = tonic::Request::new(typed_request(&[b"junk".to_vec()]));
         request
             .metadata_mut()
             .insert("x-request-id", "log-grpc-2".parse().unwrap());

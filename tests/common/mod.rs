@@ -75,6 +75,25 @@ pub async fn client(addr: std::net::SocketAddr) -> Client {
         .max_encoding_message_size(64 << 20)
 }
 
+/// A request as grpcurl and kserve's list inputs send it: typed `bytes_contents`.
+pub fn typed_request(images: &[impl AsRef<[u8]>]) -> tesserve::oip::pb::ModelInferRequest {
+    use tesserve::oip::pb;
+    pb::ModelInferRequest {
+        model_name: "ocr".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![images.len() as i64],
+            contents: Some(pb::InferTensorContents {
+                bytes_contents: images.iter().map(|i| i.as_ref().to_vec().into()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// A page long enough to keep one engine busy for a good while (about a second here).
 pub fn long_page() -> Vec<u8> {
     let lines: Vec<String> = (0..40)
