@@ -42,6 +42,10 @@ pub const DEFAULT_MAX_UPLOAD_FILES: usize = 16;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 /// The longest any inference may take, whatever the client asks.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 120.0;
+/// How long a client may take to send a request's headers (slow-client protection).
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: f64 = 10.0;
+/// HTTP/2 streams one connection may have open at once.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// After SIGTERM, how long the listeners keep accepting while load balancers catch up.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 5.0;
 /// After SIGTERM, how long in-flight work may take before the process exits anyway.
@@ -131,6 +135,14 @@ pub struct ServeArgs {
     /// Seconds any inference may take; caps the client's grpc-timeout / x-request-timeout.
     #[arg(long, env = "TESSERVE_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout: f64,
+
+    /// Seconds a client may take to send a request's headers before the connection is closed.
+    #[arg(long, env = "TESSERVE_HEADER_READ_TIMEOUT", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout: f64,
+
+    /// HTTP/2 streams one connection may have open at once (both ports).
+    #[arg(long, env = "TESSERVE_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
 
     /// Seconds after SIGTERM during which new connections are still accepted (readiness is
     /// already false), so load balancers stop routing here before the listeners close.
@@ -270,9 +282,17 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     pub admission: Admission,
     pub auth: AuthConfig,
+    pub connections: ConnectionLimits,
     pub shutdown: Shutdown,
     pub rest: RestConfig,
     pub pool: PoolConfig,
+}
+
+/// What one connection may cost the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
 }
 
 /// How the server stops on SIGTERM.
@@ -336,6 +356,10 @@ impl ServeArgs {
                         .rate_limit_burst
                         .unwrap_or(self.rate_limit_rps.ceil() as u32),
                 }),
+            },
+            connections: ConnectionLimits {
+                header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
+                max_concurrent_streams: self.max_concurrent_streams.max(1),
             },
             shutdown: Shutdown {
                 grace: seconds("shutdown-grace", self.shutdown_grace)?,

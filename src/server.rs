@@ -9,6 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::TryFutureExt;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 use tonic::{codec::CompressionEncoding, service::Routes};
@@ -21,7 +26,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::{
     auth::AuthLayer,
-    config::{ServeConfig, Shutdown},
+    config::{ConnectionLimits, ServeConfig, Shutdown},
     model::{Model, NotReady},
     ocr::{EnginePool, PoolError},
     oip::{
@@ -45,8 +50,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("HTTP server: {0}")]
-    Http(std::io::Error),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -99,6 +102,7 @@ impl Server {
         // The gRPC port: HTTP/2 only, tonic's own transport.
         // tonic applies the first layer outermost: the id is set before it is logged.
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.connections.max_concurrent_streams)
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(AccessLayer)
@@ -127,12 +131,12 @@ impl Server {
             .layer(AccessLayer)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(stopped(shutdown_rx))
-                .await
-                .map_err(ServeError::Http)
-        });
+        let http_task = tokio::spawn(serve_http(
+            http_listener,
+            app,
+            config.connections,
+            stopped(shutdown_rx),
+        ));
 
         tracing::info!(%grpc_addr, %http_addr, model = model.name(), "listening");
         let load_follower = tokio::spawn(follow_load(model.clone(), health.clone()));
@@ -227,6 +231,55 @@ impl GrpcServices {
             .add_service(reflection().build_v1alpha()?)
             .add_service(oip))
     }
+}
+
+/// Serves HTTP/1.1 and h2c on one listener, with the connection limits, until `stop`; then
+/// lets open connections finish their requests.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    let connections = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// Unknown paths: UNIMPLEMENTED for gRPC callers, a JSON 404 for everyone else.

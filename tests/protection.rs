@@ -227,3 +227,35 @@ fn sigterm_during_a_burst_loses_no_request() {
     let status = served.wait();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = TestServer::start(&["--header-read-timeout", "0.5"]).await;
+    let mut slow = tokio::net::TcpStream::connect(s.server.http_addr())
+        .await
+        .unwrap();
+    slow.write_all(b"POST /predict HTTP/1.1\r\nHost: tesserve\r\n")
+        .await
+        .unwrap();
+
+    // Everyone else is served meanwhile.
+    let healthz = reqwest::get(format!("{}/healthz", s.http())).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+
+    // The server closes the connection (the bound is generous; the timeout is 0.5 s).
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 1024];
+        while let Ok(read) = slow.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection without complete headers was kept open"
+    );
+}
