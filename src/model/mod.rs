@@ -274,10 +274,7 @@ impl Model {
                 .map_err(|source| InferError::Image { index, source })?;
         }
         let cap = self.admission.request_timeout.map(|t| Instant::now() + t);
-        let deadline = match (request.deadline, cap) {
-            (Some(asked), Some(cap)) => Some(asked.min(cap)),
-            (asked, cap) => asked.or(cap),
-        };
+        let deadline = earliest(request.deadline, cap);
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(InferError::DeadlineExceeded);
         }
@@ -329,6 +326,14 @@ impl Model {
             outputs: request.outputs,
             results,
         })
+    }
+}
+
+/// The sooner of two optional deadlines.
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     model::{
-        InferError, InferRequest, InferResponse, Model, OptionsBuilder, ParamValue, INPUT_NAME,
-        VERSION,
+        self, InferError, InferRequest, InferResponse, Model, OptionsBuilder, ParamValue,
+        INPUT_NAME, VERSION,
     },
     ocr::OutputKind,
 };
@@ -81,7 +81,7 @@ fn decode(
     apply_params(&mut options, "request parameter", &request.parameters)?;
     let tensor_place = format!("input '{INPUT_NAME}' parameter");
     apply_params(&mut options, &tensor_place, &input.parameters)?;
-    let deadline = earliest(
+    let deadline = model::earliest(
         deadline,
         options.timeout().map(|timeout| Instant::now() + timeout),
     );
@@ -239,11 +239,4 @@ fn encode(model: &Model, response: InferResponse, raw: bool) -> pb::ModelInferRe
         encoded.outputs.push(output);
     }
     encoded
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{parse_json, request_deadline, request_id, RawBody, RestError, RestState, SharedState};
 use crate::{
-    model::{InferRequest, ParamValue},
+    model::{self, InferRequest, ParamValue},
     ocr::{ImageInput, OcrResult, OutputKind},
 };
 
@@ -120,10 +120,7 @@ pub(super) async fn recognize(
         options.apply("parameter", name, value)?;
     }
     let asked = options.timeout().map(|timeout| Instant::now() + timeout);
-    let deadline = match (asked, request_deadline(headers)?) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let deadline = model::earliest(asked, request_deadline(headers)?);
     let request = InferRequest {
         id: String::new(),
         images,
