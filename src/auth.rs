@@ -147,7 +147,12 @@ pub struct AuthConfig {
 
 /// The tenant a request was served for, put in the response's extensions for the access log.
 #[derive(Clone, Debug)]
-pub struct Tenant(pub String);
+pub struct Tenant {
+    pub name: String,
+    /// Named by an API key, so one of a fixed set (fit for a metrics label); otherwise the
+    /// client's own claim.
+    pub authenticated: bool,
+}
 
 struct Policy {
     keys: Option<Vec<(KeyEntry, Option<DefaultDirectRateLimiter>)>>,
@@ -212,7 +217,7 @@ enum Refusal {
 
 impl Policy {
     /// The tenant of the request, or why it may not proceed now.
-    fn admit<B>(&self, request: &Request<B>) -> Result<String, Refusal> {
+    fn admit<B>(&self, request: &Request<B>) -> Result<Tenant, Refusal> {
         let headers = request.headers();
         let (tenant, own_limiter) = match &self.keys {
             Some(keys) => {
@@ -249,7 +254,10 @@ impl Policy {
             (None, None) => Ok(()),
         };
         match checked {
-            Ok(()) => Ok(tenant),
+            Ok(()) => Ok(Tenant {
+                name: tenant,
+                authenticated: self.keys.is_some(),
+            }),
             Err(not_until) => Err(Refusal::RateLimited {
                 retry_after: not_until
                     .wait_time_from(governor::clock::DefaultClock::default().now()),
@@ -322,15 +330,15 @@ where
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         match self.policy.admit(&request) {
             Ok(tenant) => {
-                // Downstream (logs, traces) sees the tenant the key belongs to, not a claim.
-                if let Ok(value) = HeaderValue::from_str(&tenant) {
+                // Downstream sees the tenant the key belongs to, not a claim.
+                if let Ok(value) = HeaderValue::from_str(&tenant.name) {
                     request.headers_mut().insert("x-tenant-id", value);
                 }
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 async move {
                     let mut response = inner.call(request).await?;
-                    response.extensions_mut().insert(Tenant(tenant));
+                    response.extensions_mut().insert(tenant);
                     Ok(response)
                 }
                 .boxed()
@@ -344,6 +352,7 @@ where
 }
 
 fn refuse<RB: RefusalBody>(refusal: Refusal, grpc: bool) -> Response<RB> {
+    let authenticated = matches!(refusal, Refusal::RateLimited { .. });
     let (reason, status, code, message, retry_after, tenant) = match refusal {
         Refusal::MissingKey => (
             "unauthenticated",
@@ -391,8 +400,11 @@ fn refuse<RB: RefusalBody>(refusal: Refusal, grpc: bool) -> Response<RB> {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
-    if let Some(tenant) = tenant {
-        response.extensions_mut().insert(Tenant(tenant));
+    if let Some(name) = tenant {
+        response.extensions_mut().insert(Tenant {
+            name,
+            authenticated,
+        });
     }
     response
 }

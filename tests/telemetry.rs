@@ -77,23 +77,23 @@ async fn metrics_after_a_mixed_workload() {
         assert!(v >= min, "{prefix} = {v}, expected at least {min}");
     };
     at_least(
-        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="ocr",outcome="ok"}"#,
+        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="ocr",outcome="ok",tenant="anonymous"}"#,
         1.0,
     );
     at_least(
-        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="ocr",outcome="invalid_argument"}"#,
+        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="ocr",outcome="invalid_argument",tenant="anonymous"}"#,
         1.0,
     );
     at_least(
-        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="",outcome="not_found"}"#,
+        r#"tesserve_requests_total{protocol="grpc",endpoint="/inference.GRPCInferenceService/ModelInfer",model="",outcome="not_found",tenant="anonymous"}"#,
         1.0,
     );
     at_least(
-        r#"tesserve_requests_total{protocol="rest",endpoint="/predict",model="ocr",outcome="ok"}"#,
+        r#"tesserve_requests_total{protocol="rest",endpoint="/predict",model="ocr",outcome="ok",tenant="anonymous"}"#,
         1.0,
     );
     at_least(
-        r#"tesserve_requests_total{protocol="rest",endpoint="unmatched",model="",outcome="not_found"}"#,
+        r#"tesserve_requests_total{protocol="rest",endpoint="unmatched",model="",outcome="not_found",tenant="anonymous"}"#,
         1.0,
     );
     at_least(

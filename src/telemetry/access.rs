@@ -20,7 +20,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{IN_FLIGHT, REQUESTS, REQUEST_DURATION};
-use crate::auth::Tenant;
+use crate::auth::{Tenant, ANONYMOUS};
 
 tokio::task_local! {
     /// What the model saw of the current request, for its access-log line.
@@ -100,7 +100,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let record = Record::start(&request);
+        let mut record = Record::start(&request);
         let span = tracing::info_span!(
             "request",
             otel.name = %record.endpoint,
@@ -108,7 +108,9 @@ where
             protocol = record.protocol,
             endpoint = %record.endpoint,
             request_id = %record.request_id,
+            tenant_id = tracing::field::Empty,
         );
+        record.span = span.clone();
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(request.headers()))
         });
@@ -138,7 +140,10 @@ struct Record {
     endpoint: String,
     request_id: String,
     tenant_id: String,
+    /// The tenant as a metrics label: only authenticated tenants are a bounded set.
+    tenant_label: String,
     content_length: Option<u64>,
+    span: tracing::Span,
     done: bool,
 }
 
@@ -166,16 +171,21 @@ impl Record {
             endpoint,
             request_id: header(headers, "x-request-id"),
             tenant_id: header(headers, "x-tenant-id"),
+            tenant_label: ANONYMOUS.to_owned(),
             content_length: headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
+            span: tracing::Span::none(),
             done: false,
         }
     }
 
     fn finish<RB>(&mut self, response: &Response<RB>) {
-        if let Some(Tenant(tenant)) = response.extensions().get::<Tenant>() {
-            self.tenant_id.clone_from(tenant);
+        if let Some(tenant) = response.extensions().get::<Tenant>() {
+            self.tenant_id.clone_from(&tenant.name);
+            if tenant.authenticated {
+                self.tenant_label.clone_from(&tenant.name);
+            }
         }
         let (outcome, status) = match self.protocol {
             "grpc" => grpc_outcome(response.headers()),
@@ -211,11 +221,13 @@ impl Record {
             images = note.images,
             "request"
         );
+        self.span.record("tenant_id", self.tenant_id.as_str());
         let labels = [
             ("protocol", self.protocol.to_owned()),
             ("endpoint", self.endpoint.clone()),
             ("model", note.model),
             ("outcome", outcome.to_owned()),
+            ("tenant", self.tenant_label.clone()),
         ];
         counter!(REQUESTS, &labels).increment(1);
         let labels = [
