@@ -44,6 +44,8 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 120.0;
 /// How long a client may take to send a request's headers (slow-client protection).
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: f64 = 10.0;
+/// How long a request body may go without sending a byte (slow-client protection).
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: f64 = 30.0;
 /// HTTP/2 streams one connection may have open at once.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// After SIGTERM, how long the listeners keep accepting while load balancers catch up.
@@ -139,6 +141,10 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request's headers before the connection is closed.
     #[arg(long, env = "TESSERVE_HEADER_READ_TIMEOUT", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
     pub header_read_timeout: f64,
+
+    /// Seconds a REST-port request body may go without sending a byte before it is failed.
+    #[arg(long, env = "TESSERVE_BODY_READ_TIMEOUT", default_value_t = DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    pub body_read_timeout: f64,
 
     /// HTTP/2 streams one connection may have open at once (both ports).
     #[arg(long, env = "TESSERVE_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
@@ -292,6 +298,7 @@ pub struct ServeConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_concurrent_streams: u32,
 }
 
@@ -359,6 +366,7 @@ impl ServeArgs {
             },
             connections: ConnectionLimits {
                 header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
+                body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,
                 max_concurrent_streams: self.max_concurrent_streams.max(1),
             },
             shutdown: Shutdown {

@@ -22,7 +22,11 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
     ServingStatus,
 };
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower::ServiceExt;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutBody,
+};
 
 use crate::{
     auth::AuthLayer,
@@ -266,7 +270,13 @@ async fn serve_http(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // A body that stalls longer than the limit fails its request instead of holding it.
+        let body_timeout = limits.body_read_timeout;
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |request: http::Request<hyper::body::Incoming>| {
+                request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

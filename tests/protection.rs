@@ -259,3 +259,35 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         "a connection without complete headers was kept open"
     );
 }
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_failed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = TestServer::start(&["--body-read-timeout", "0.5"]).await;
+    let mut slow = tokio::net::TcpStream::connect(s.server.http_addr())
+        .await
+        .unwrap();
+    let head =
+        "POST /v2/models/ocr/infer HTTP/1.1\r\nHost: tesserve\r\nContent-Length: 1000\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(b"{\"inputs\":").await.unwrap();
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while let Ok(read) = slow.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .expect("a stalled body was waited for without end");
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+}
