@@ -10,7 +10,7 @@ APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: help deps build release run test test-rust test-clients lint fmt clean
+.PHONY: help deps build release run test test-rust test-clients lint fmt fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -48,6 +48,17 @@ test-rust: ## Unit and integration tests (real server, real tonic client)
 
 test-clients: build ## grpcurl, tritonclient and kserve against a fresh server (grpc-tests/)
 	bash grpc-tests/run.sh
+
+FUZZ_SECONDS ?= 60
+# cargo-fuzz passes nightly -Z flags (sanitizers); RUSTC_BOOTSTRAP lets the stable toolchain
+# accept them, since this machine has no nightly.
+fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not part of `make test`)
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for target in tensor_decoding image_decoding; do \
+	  mkdir -p corpus/$$target-run && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$target corpus/$$target-run corpus/$$target \
+	    -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

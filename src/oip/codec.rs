@@ -35,8 +35,8 @@ pub async fn infer(
 }
 
 /// Turns a ModelInferRequest into the model's request, checking everything that is specific
-/// to the gRPC encoding.
-fn decode(
+/// to the protobuf encoding. Public for the fuzz target.
+pub fn decode(
     model: &Model,
     mut request: pb::ModelInferRequest,
     deadline: Option<Instant>,
