@@ -20,9 +20,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{parse_json, request_deadline, request_id, RawBody, RestError, RestState, SharedState};
+use super::{
+    json_param, parse_json, request_deadline, request_id, RawBody, RestError, RestState,
+    SharedState,
+};
 use crate::{
-    model::{self, InferRequest, ParamValue},
+    model::{self, InferRequest},
     ocr::{ImageInput, OcrResult, OutputKind},
 };
 
@@ -103,20 +106,7 @@ pub(super) async fn recognize(
 ) -> Result<Vec<Prediction>, RestError> {
     let mut options = state.model.options_builder();
     for (name, value) in params {
-        let value = match value {
-            Value::Bool(b) => ParamValue::Bool(*b),
-            Value::String(s) => ParamValue::Str(s),
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => ParamValue::Int(i),
-                (None, Some(u)) => ParamValue::Uint(u),
-                _ => ParamValue::Double(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            other => {
-                return Err(RestError::bad_request(format!(
-                    "parameter '{name}' must be a string, number or boolean, not {other}"
-                )))
-            }
-        };
+        let value = json_param(value, || format!("parameter '{name}'"))?;
         options.apply("parameter", name, value)?;
     }
     let asked = options.timeout().map(|timeout| Instant::now() + timeout);

@@ -21,12 +21,12 @@ use axum::{
     Json, Router,
 };
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::{
     config::RestConfig,
-    model::{ErrorKind, InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
+    model::{ErrorKind, InferError, Model, ParamValue, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
     oip::{EXTENSIONS, SERVER_NAME},
 };
@@ -169,6 +169,29 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rest
         RestError::bad_request(format!(
             "request body is not valid JSON for this endpoint: {e}"
         ))
+    })
+}
+
+/// A JSON parameter value as the model takes it: JSON's scalars map onto the parameter types;
+/// `label` names the parameter in the error for anything else.
+pub fn json_param<'a>(
+    value: &'a Value,
+    label: impl FnOnce() -> String,
+) -> Result<ParamValue<'a>, RestError> {
+    Ok(match value {
+        Value::Bool(b) => ParamValue::Bool(*b),
+        Value::String(s) => ParamValue::Str(s),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ParamValue::Int(i),
+            (None, Some(u)) => ParamValue::Uint(u),
+            _ => ParamValue::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        other => {
+            return Err(RestError::bad_request(format!(
+                "{} must be a string, number or boolean, not {other}",
+                label()
+            )))
+        }
     })
 }
 

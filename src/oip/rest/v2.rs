@@ -20,11 +20,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{parse_json, request_deadline, request_id, RawBody, RestError, SharedState};
-use crate::oip::{
-    codec,
-    pb::{self, infer_parameter::ParameterChoice},
-    tensor,
+use super::{
+    json_param, parse_json, request_deadline, request_id, RawBody, RestError, SharedState,
+};
+use crate::{
+    model::ParamValue,
+    oip::{
+        codec,
+        pb::{self, infer_parameter::ParameterChoice},
+        tensor,
+    },
 };
 
 /// The header that splits a binary-extension body into its JSON part and the binary tail.
@@ -278,19 +283,12 @@ fn params(
 ) -> Result<HashMap<String, pb::InferParameter>, RestError> {
     json.into_iter()
         .map(|(name, value)| {
-            let choice = match value {
-                Value::Bool(b) => ParameterChoice::BoolParam(b),
-                Value::String(s) => ParameterChoice::StringParam(s),
-                Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                    (Some(i), _) => ParameterChoice::Int64Param(i),
-                    (None, Some(u)) => ParameterChoice::Uint64Param(u),
-                    _ => ParameterChoice::DoubleParam(n.as_f64().unwrap_or(f64::NAN)),
-                },
-                other => {
-                    return Err(RestError::bad_request(format!(
-                    "{place} parameter '{name}' must be a string, number or boolean, not {other}"
-                )))
-                }
+            let choice = match json_param(&value, || format!("{place} parameter '{name}'"))? {
+                ParamValue::Bool(b) => ParameterChoice::BoolParam(b),
+                ParamValue::Int(i) => ParameterChoice::Int64Param(i),
+                ParamValue::Uint(u) => ParameterChoice::Uint64Param(u),
+                ParamValue::Double(d) => ParameterChoice::DoubleParam(d),
+                ParamValue::Str(s) => ParameterChoice::StringParam(s.to_owned()),
             };
             Ok((
                 name,
