@@ -1,5 +1,5 @@
-//! Who is calling, and whether they may now: API keys name tenants, and each tenant has its
-//! own token bucket, so one tenant's burst never spends another's budget. One tower layer on
+//! Who is calling, and whether they may now: API keys (or, without keys, verified client
+//! certificates) name tenants, and each tenant has its own token bucket, so one tenant's burst never spends another's budget. One tower layer on
 //! both listeners; probes, metrics and API descriptions stay open.
 
 use std::{
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::telemetry::metrics::REJECTED;
+use crate::{telemetry::metrics::REJECTED, tls::Peer};
 
 /// The tenant of requests when no API keys are configured and none is named.
 pub const ANONYMOUS: &str = "anonymous";
@@ -143,6 +143,9 @@ pub struct AuthConfig {
     pub keys: Option<Vec<KeyEntry>>,
     /// The bucket of every tenant without a limit of its own; `None`: unlimited.
     pub default_limit: Option<Limit>,
+    /// Mutual TLS: callers must have presented a verified client certificate. Without API
+    /// keys, the certificate's identity is the tenant.
+    pub client_certificates: bool,
 }
 
 /// The tenant a request was served for, put in the response's extensions for the access log.
@@ -155,6 +158,7 @@ pub struct Tenant {
 }
 
 struct Policy {
+    client_certificates: bool,
     keys: Option<Vec<(KeyEntry, Option<DefaultDirectRateLimiter>)>>,
     default: Option<DefaultKeyedRateLimiter<String>>,
 }
@@ -183,7 +187,11 @@ impl AuthLayer {
             .and_then(Limit::quota)
             .map(governor::RateLimiter::keyed);
         AuthLayer {
-            policy: Arc::new(Policy { keys, default }),
+            policy: Arc::new(Policy {
+                client_certificates: config.client_certificates,
+                keys,
+                default,
+            }),
         }
     }
 }
@@ -207,6 +215,7 @@ pub struct Auth<S> {
 
 /// Why a request was refused.
 enum Refusal {
+    NoClientCertificate,
     MissingKey,
     WrongKey,
     RateLimited {
@@ -219,6 +228,13 @@ impl Policy {
     /// The tenant of the request, or why it may not proceed now.
     fn admit<B>(&self, request: &Request<B>) -> Result<Tenant, Refusal> {
         let headers = request.headers();
+        let identity = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|peer| peer.identity.as_deref());
+        if self.client_certificates && identity.is_none() {
+            return Err(Refusal::NoClientCertificate);
+        }
         let (tenant, own_limiter) = match &self.keys {
             Some(keys) => {
                 let presented = presented_key(headers).ok_or(Refusal::MissingKey)?;
@@ -233,14 +249,11 @@ impl Policy {
                 found.ok_or(Refusal::WrongKey)?
             }
             None => {
-                let named = headers.get("x-tenant-id").and_then(|v| v.to_str().ok());
-                (
-                    named
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or(ANONYMOUS)
-                        .to_owned(),
-                    None,
-                )
+                let named = headers
+                    .get("x-tenant-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|t| !t.is_empty());
+                (identity.or(named).unwrap_or(ANONYMOUS).to_owned(), None)
             }
         };
         let checked = match (own_limiter, &self.default) {
@@ -256,7 +269,7 @@ impl Policy {
         match checked {
             Ok(()) => Ok(Tenant {
                 name: tenant,
-                authenticated: self.keys.is_some(),
+                authenticated: self.keys.is_some() || self.client_certificates,
             }),
             Err(not_until) => Err(Refusal::RateLimited {
                 retry_after: not_until
@@ -354,6 +367,14 @@ where
 fn refuse<RB: RefusalBody>(refusal: Refusal, grpc: bool) -> Response<RB> {
     let authenticated = matches!(refusal, Refusal::RateLimited { .. });
     let (reason, status, code, message, retry_after, tenant) = match refusal {
+        Refusal::NoClientCertificate => (
+            "unauthenticated",
+            StatusCode::UNAUTHORIZED,
+            tonic::Code::Unauthenticated,
+            "a client certificate is required (mutual TLS)".to_owned(),
+            None,
+            None,
+        ),
         Refusal::MissingKey => (
             "unauthenticated",
             StatusCode::UNAUTHORIZED,

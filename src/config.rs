@@ -17,6 +17,7 @@ use crate::{
     auth::{read_keys_file, AuthConfig, KeysFileError, Limit},
     model::Admission,
     ocr::{ImageLimits, Languages, PoolConfig},
+    tls::{Tls, TlsError, TlsFiles},
 };
 
 pub const DEFAULT_BIND: &str = "0.0.0.0";
@@ -97,7 +98,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the OIP gRPC API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Recognise image files once, through the same engine pool, and print their text.
     Ocr(OcrArgs),
     /// Exit 0 when the server on this machine reports ready (for container health checks).
@@ -172,6 +173,24 @@ pub struct ServeArgs {
     /// Requests a tenant may make at once above its rate; default: the rate, rounded up.
     #[arg(long, env = "TESSERVE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+
+    /// PEM certificate chain: serve TLS on both ports. Reloaded on change and on SIGHUP.
+    #[arg(long, env = "TESSERVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "TESSERVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS) for anything
+    /// but probes, metrics and API descriptions; the certificate names the caller.
+    #[arg(long, env = "TESSERVE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Check the configuration (flags, environment and the files they name), print it and
+    /// exit without serving: 0 if it would serve, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
 
     /// Hosts `/read_ocr` may fetch image URLs from (comma-separated). Empty: URLs are refused.
     #[arg(long, env = "TESSERVE_ALLOW_URL_FETCH", value_delimiter = ',')]
@@ -277,6 +296,8 @@ pub enum ConfigError {
     Seconds { name: &'static str, value: f64 },
     #[error("--api-keys-file: {0}")]
     Keys(#[from] KeysFileError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A validated `serve` configuration.
@@ -288,6 +309,8 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     pub admission: Admission,
     pub auth: AuthConfig,
+    /// `None`: plaintext (HTTP/2 cleartext for gRPC), as behind a mesh sidecar.
+    pub tls: Option<Tls>,
     pub connections: ConnectionLimits,
     pub shutdown: Shutdown,
     pub rest: RestConfig,
@@ -342,6 +365,14 @@ impl ServeArgs {
                 name: "request-timeout",
             });
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })?),
+            _ => None,
+        };
         Ok(ServeConfig {
             grpc_addr: SocketAddr::new(self.bind, self.grpc_port),
             http_addr: SocketAddr::new(self.bind, self.http_port),
@@ -363,7 +394,9 @@ impl ServeArgs {
                         .rate_limit_burst
                         .unwrap_or(self.rate_limit_rps.ceil() as u32),
                 }),
+                client_certificates: tls.as_ref().is_some_and(Tls::verifies_clients),
             },
+            tls,
             connections: ConnectionLimits {
                 header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
                 body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,

@@ -7,8 +7,11 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod listener;
+pub mod load;
 pub mod model;
 pub mod ocr;
 pub mod oip;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

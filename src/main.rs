@@ -31,8 +31,17 @@ fn main() -> ExitCode {
             }
         }
     };
-    let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+    let outcome = match cli
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::new(cli.serve)))
+    {
         Command::Serve(args) => match args.validate() {
+            Ok(config) if args.check_config => {
+                use std::io::Write;
+                // A closed pipe (`| head`) is not a configuration error.
+                let _ = writeln!(std::io::stdout(), "{config:#?}");
+                return ExitCode::SUCCESS;
+            }
             Ok(config) => runtime
                 .block_on(server::run(config, shutdown_signal()))
                 .map_err(|e| e.to_string()),

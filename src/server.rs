@@ -15,7 +15,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{codec::CompressionEncoding, service::Routes};
 use tonic_health::{
     pb::health_server::HealthServer,
@@ -31,6 +31,7 @@ use tower_http::{
 use crate::{
     auth::AuthLayer,
     config::{ConnectionLimits, ServeConfig, Shutdown},
+    listener::{self, Connection},
     model::{Model, NotReady},
     ocr::{EnginePool, PoolError},
     oip::{
@@ -39,6 +40,7 @@ use crate::{
         rest,
     },
     telemetry::AccessLayer,
+    tls::Tls,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,8 @@ pub struct Server {
     drain: Shutdown,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
-    load_follower: JoinHandle<()>,
+    /// Background work that lives as long as the server: readiness, certificate reloads.
+    followers: Vec<JoinHandle<()>>,
 }
 
 /// The fully qualified name health checks use for the inference service.
@@ -112,12 +115,8 @@ impl Server {
             .layer(AccessLayer)
             .layer(auth.clone())
             .add_routes(grpc.routes()?);
-        let incoming = TcpListenerStream::new(grpc_listener).map(|stream| {
-            let stream = stream?;
-            // Small unary responses must not wait for Nagle's algorithm.
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        });
+        let handshake_timeout = config.connections.header_read_timeout;
+        let incoming = listener::incoming(grpc_listener, config.tls.clone(), handshake_timeout);
         let grpc_task = tokio::spawn(
             router
                 .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()))
@@ -136,14 +135,24 @@ impl Server {
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
         let http_task = tokio::spawn(serve_http(
-            http_listener,
+            listener::incoming(http_listener, config.tls.clone(), handshake_timeout),
             app,
             config.connections,
             stopped(shutdown_rx),
         ));
 
-        tracing::info!(%grpc_addr, %http_addr, model = model.name(), "listening");
-        let load_follower = tokio::spawn(follow_load(model.clone(), health.clone()));
+        tracing::info!(
+            %grpc_addr,
+            %http_addr,
+            model = model.name(),
+            tls = config.tls.is_some(),
+            client_certificates = config.tls.as_ref().is_some_and(Tls::verifies_clients),
+            "listening"
+        );
+        let mut followers = vec![tokio::spawn(follow_load(model.clone(), health.clone()))];
+        if let Some(tls) = config.tls {
+            followers.push(tokio::spawn(tls.follow_files()));
+        }
         Ok(Server {
             grpc_addr,
             http_addr,
@@ -152,7 +161,7 @@ impl Server {
             drain: config.shutdown,
             shutdown,
             tasks: vec![grpc_task, http_task],
-            load_follower,
+            followers,
         })
     }
 
@@ -185,7 +194,9 @@ impl Server {
     /// queued requests finish within the shutdown timeout, or are abandoned with a warning.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.model.start_draining();
-        self.load_follower.abort();
+        for follower in &self.followers {
+            follower.abort();
+        }
         set_health(&self.health, ServingStatus::NotServing).await;
         tracing::info!(grace = ?self.drain.grace, "draining: readiness is false");
         tokio::time::sleep(self.drain.grace).await;
@@ -237,10 +248,10 @@ impl GrpcServices {
     }
 }
 
-/// Serves HTTP/1.1 and h2c on one listener, with the connection limits, until `stop`; then
+/// Serves HTTP/1.1 and HTTP/2 on one listener, with the connection limits, until `stop`; then
 /// lets open connections finish their requests.
 async fn serve_http(
-    listener: TcpListener,
+    mut incoming: impl Stream<Item = std::io::Result<Connection>> + Unpin,
     app: axum::Router,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
@@ -257,28 +268,27 @@ async fn serve_http(
     let connections = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let connection = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(connection)) => connection,
+                Some(Err(_)) => continue,
+                None => break,
             },
             () = &mut stop => break,
         };
-        let _ = stream.set_nodelay(true);
         // A body that stalls longer than the limit fails its request instead of holding it.
         let body_timeout = limits.body_read_timeout;
+        let peer = connection.peer().clone();
         let service = TowerToHyperService::new(app.clone().map_request(
             move |request: http::Request<hyper::body::Incoming>| {
-                request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
+                let mut request =
+                    request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)));
+                request.extensions_mut().insert(peer.clone());
+                request
             },
         ));
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(connection), service)
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -287,7 +297,7 @@ async fn serve_http(
             }
         });
     }
-    drop(listener);
+    drop(incoming);
     connections.shutdown().await;
     Ok(())
 }

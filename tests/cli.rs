@@ -138,3 +138,20 @@ fn openmp_thread_limit_is_set_before_tesseract_loads() {
         "the serving process runs without OMP_THREAD_LIMIT=1"
     );
 }
+
+#[test]
+fn check_config_validates_without_serving() {
+    // The default ports may be taken on this machine: nothing may bind when checking.
+    let output = tesserve(&["serve", "--check-config", "--model-name", "receipts"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("\"receipts\""), "{printed}");
+
+    let output = tesserve(&["--check-config", "--api-keys-file", "/nonexistent/keys"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/nonexistent/keys"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -9,8 +9,8 @@ use std::{
 };
 
 use common::{
-    assert_text, eventually, frame, long_page, png, render, render_gray, typed_request, unframe,
-    TestServer,
+    assert_text, eventually, frame, long_page, png, render, render_gray, typed_request,
+    typed_strings, unframe, TestServer,
 };
 use image::ImageFormat;
 use tesserve::oip::pb::{
@@ -62,19 +62,6 @@ fn with_outputs(mut request: ModelInferRequest, names: &[&str]) -> ModelInferReq
         })
         .collect();
     request
-}
-
-/// The typed BYTES values of `name`, as strings.
-fn typed_strings(response: &ModelInferResponse, name: &str) -> Vec<String> {
-    let output = response.outputs.iter().find(|o| o.name == name).unwrap();
-    output
-        .contents
-        .as_ref()
-        .unwrap()
-        .bytes_contents
-        .iter()
-        .map(|b| String::from_utf8(b.to_vec()).unwrap())
-        .collect()
 }
 
 /// The raw BYTES values of `name`, found by position as tritonclient does.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use tonic::{metadata::MetadataMap, Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{
     codec::infer,
@@ -17,6 +17,7 @@ use super::{
 use crate::{
     model::{ErrorKind, InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
+    telemetry::Arrived,
 };
 
 pub struct OipService {
@@ -98,7 +99,7 @@ impl GrpcInferenceService for OipService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let deadline = grpc_deadline(request.metadata());
+        let deadline = grpc_deadline(&request);
         let response = infer(&self.model, request.into_inner(), deadline)
             .await
             .map_err(status)?;
@@ -113,7 +114,7 @@ impl GrpcInferenceService for OipService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<StreamInferResponses>, Status> {
-        let deadline = grpc_deadline(request.metadata());
+        let deadline = grpc_deadline(&request);
         let model = self.model.clone();
         let concurrency = model.pool().workers();
         let responses = request
@@ -299,11 +300,16 @@ const DEADLINE_HEADROOM: Duration = Duration::from_millis(50);
 /// The deadline a client set with `grpc-timeout`. Left to tonic, an expired timeout becomes
 /// CANCELLED with no work stopped; read here, the work is cancelled and the answer is
 /// DEADLINE_EXCEEDED. The server gives up a little (10 %, at most 50 ms) before the client does,
-/// so that answer arrives before the client's own timer fires.
-pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+/// so that answer arrives before the client's own timer fires, counting from when the request
+/// arrived (tonic's own timer starts then too), not from when its body was decoded.
+pub fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let timeout = parse_grpc_timeout(value)?;
-    Some(Instant::now() + timeout - (timeout / 10).min(DEADLINE_HEADROOM))
+    let arrived = request
+        .extensions()
+        .get::<Arrived>()
+        .map_or_else(Instant::now, |arrived| arrived.0);
+    Some(arrived + timeout - (timeout / 10).min(DEADLINE_HEADROOM))
 }
 
 /// `grpc-timeout` is at most 8 digits and a unit: H, M, S, m (ms), u (µs), n (ns).

@@ -67,6 +67,10 @@ const GRPC_METHODS: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// When a request reached the server, in its extensions: deadlines count from here.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived(pub Instant);
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AccessLayer;
 
@@ -99,8 +103,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let mut record = Record::start(&request);
+        request.extensions_mut().insert(Arrived(record.started));
         let span = tracing::info_span!(
             "request",
             otel.name = %record.endpoint,

@@ -31,6 +31,9 @@ pub const WORKERS: &str = "tesserve_workers";
 pub const ENGINES_BUSY: &str = "tesserve_engines_busy";
 pub const ENGINES_LOADED: &str = "tesserve_engines_loaded";
 pub const READY: &str = "tesserve_ready";
+pub const TLS_CERT_EXPIRY: &str = "tesserve_tls_certificate_expiry_timestamp_seconds";
+pub const TLS_RELOADS: &str = "tesserve_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "tesserve_tls_handshake_failures_total";
 /// KServe's Python model server exports this; existing dashboards chart it.
 pub const KSERVE_PREDICT: &str = "request_predict_seconds";
 
@@ -151,6 +154,16 @@ fn describe() {
     describe_gauge!(
         READY,
         "1 when every worker has loaded the default language."
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the served TLS certificate expires (Unix time)."
+    );
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads, by outcome.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out."
     );
     describe_histogram!(
         KSERVE_PREDICT,

@@ -16,7 +16,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-pub use self::access::{note_inference, AccessLayer};
+pub use self::access::{note_inference, AccessLayer, Arrived};
 use crate::config::LogFormat;
 
 /// The service name traces carry unless `OTEL_SERVICE_NAME` says otherwise.

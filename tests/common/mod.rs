@@ -4,20 +4,17 @@
 
 pub mod served;
 
-use std::io::Cursor;
-
-use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 use clap::Parser;
-use image::{GrayImage, ImageFormat, Luma};
+use image::{GrayImage, ImageFormat};
 use tesserve::{
-    config::Cli, oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient, server::Server,
+    config::Cli,
+    load::render::{encode, Renderer},
+    oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient,
+    server::Server,
 };
 use tonic::transport::Channel;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
-
-/// Debian's fonts-dejavu-core; `make test` installs it.
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 pub struct TestServer {
     pub server: Server,
@@ -34,25 +31,7 @@ impl TestServer {
     }
 
     pub async fn start_unready(flags: &[&str]) -> TestServer {
-        let workers = if flags.contains(&"--workers") {
-            &[][..]
-        } else {
-            &["--workers", "2"][..]
-        };
-        let args = [
-            "tesserve",
-            "--bind",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-        ]
-        .into_iter()
-        .chain(workers.iter().copied())
-        .chain(flags.iter().copied());
-        let config = Cli::try_parse_from(args).unwrap().serve.validate().unwrap();
-        let server = Server::start(config).await.unwrap();
+        let server = Server::start(config(flags)).await.unwrap();
         let client = client(server.grpc_addr()).await;
         TestServer { server, client }
     }
@@ -65,6 +44,29 @@ impl TestServer {
     pub fn http(&self) -> String {
         format!("http://{}", self.server.http_addr())
     }
+}
+
+/// The configuration of a test server: loopback, ephemeral ports, two workers unless `flags`
+/// say otherwise.
+pub fn config(flags: &[&str]) -> tesserve::config::ServeConfig {
+    let workers = if flags.contains(&"--workers") {
+        &[][..]
+    } else {
+        &["--workers", "2"][..]
+    };
+    let args = [
+        "tesserve",
+        "--bind",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+    ]
+    .into_iter()
+    .chain(workers.iter().copied())
+    .chain(flags.iter().copied());
+    Cli::try_parse_from(args).unwrap().serve.validate().unwrap()
 }
 
 pub async fn client(addr: std::net::SocketAddr) -> Client {
@@ -115,89 +117,22 @@ pub async fn eventually(condition: impl Fn() -> bool) {
 
 /// Renders `lines` of black text on white, 32 px DejaVu Sans, as an 8-bit gray image.
 pub fn render_gray(lines: &[&str]) -> GrayImage {
-    let data = std::fs::read(FONT).expect("fonts-dejavu-core is installed");
-    let font = FontVec::try_from_vec(data).unwrap();
-    let scale = PxScale::from(32.0);
-    let scaled = font.as_scaled(scale);
-    let line_height = (scaled.height() + scaled.line_gap()).ceil() as u32 + 8;
-    let margin = 24;
-    let width = lines
-        .iter()
-        .map(|line| {
-            line.chars()
-                .map(|c| scaled.h_advance(font.glyph_id(c)))
-                .sum::<f32>()
-                .ceil() as u32
-        })
-        .max()
-        .unwrap_or(0)
-        + 2 * margin;
-    let height = line_height * lines.len() as u32 + 2 * margin;
-    let mut image = GrayImage::from_pixel(width, height, Luma([255]));
-    for (row, line) in lines.iter().enumerate() {
-        let mut x = margin as f32;
-        let baseline = (margin + row as u32 * line_height) as f32 + scaled.ascent();
-        for c in line.chars() {
-            let glyph = font
-                .glyph_id(c)
-                .with_scale_and_position(scale, ab_glyph::point(x, baseline));
-            x += scaled.h_advance(glyph.id);
-            let Some(outline) = font.outline_glyph(glyph) else {
-                continue;
-            };
-            let bounds = outline.px_bounds();
-            outline.draw(|gx, gy, coverage| {
-                let (px, py) = (
-                    bounds.min.x as i64 + gx as i64,
-                    bounds.min.y as i64 + gy as i64,
-                );
-                if px >= 0 && py >= 0 && (px as u32) < width && (py as u32) < height {
-                    let shade = (255.0 * (1.0 - coverage.clamp(0.0, 1.0))) as u8;
-                    let pixel = image.get_pixel_mut(px as u32, py as u32);
-                    pixel.0[0] = pixel.0[0].min(shade);
-                }
-            });
-        }
+    thread_local! {
+        static RENDERER: Renderer = Renderer::new().expect("fonts-dejavu-core is installed");
     }
-    image
+    RENDERER.with(|renderer| renderer.fit(lines, 32.0))
 }
 
 /// Renders `lines` and encodes them as `format`.
 pub fn render(lines: &[&str], format: ImageFormat) -> Vec<u8> {
-    let image = image::DynamicImage::ImageLuma8(render_gray(lines));
-    let image = match format {
-        // These encoders take colour images only.
-        ImageFormat::Jpeg | ImageFormat::WebP => image::DynamicImage::ImageRgb8(image.to_rgb8()),
-        ImageFormat::Gif => image::DynamicImage::ImageRgba8(image.to_rgba8()),
-        _ => image,
-    };
-    let mut out = Vec::new();
-    image.write_to(&mut Cursor::new(&mut out), format).unwrap();
-    out
+    encode(render_gray(lines), format).unwrap()
 }
 
 pub fn png(lines: &[&str]) -> Vec<u8> {
     render(lines, ImageFormat::Png)
 }
 
-/// Edit distance between the words of two texts, whitespace-insensitive, in characters.
-pub fn distance(a: &str, b: &str) -> usize {
-    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let (a, b): (Vec<char>, Vec<char>) = (norm(a).chars().collect(), norm(b).chars().collect());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diagonal + usize::from(ca != cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            diagonal = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
-}
+pub use tesserve::load::images::distance;
 
 /// Asserts OCR text matches what was rendered, allowing at most `slack` character edits.
 #[track_caller]
@@ -207,6 +142,19 @@ pub fn assert_text(actual: &str, expected: &str, slack: usize) {
         d <= slack,
         "OCR text {actual:?} is {d} edits from {expected:?}"
     );
+}
+
+/// The typed BYTES values of `name`, as strings.
+pub fn typed_strings(response: &tesserve::oip::pb::ModelInferResponse, name: &str) -> Vec<String> {
+    let output = response.outputs.iter().find(|o| o.name == name).unwrap();
+    output
+        .contents
+        .as_ref()
+        .unwrap()
+        .bytes_contents
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect()
 }
 
 /// Splits raw BYTES contents (u32 little-endian length prefixes).
