@@ -10,7 +10,7 @@ APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: help deps build release run test test-rust test-clients lint fmt fuzz clean
+.PHONY: help deps build release run test test-rust test-clients lint fmt fuzz bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -41,13 +41,18 @@ test: deps lint test-rust test-clients ## Everything CI runs
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test-rust: ## Unit and integration tests (real server, real tonic client)
 	$(CARGO) test --locked
 
 test-clients: build ## grpcurl, tritonclient and kserve against a fresh server (grpc-tests/)
 	bash grpc-tests/run.sh
+
+BENCH_ARGS ?=
+bench: deps ## Server vs raw Tesseract on this machine -> BENCHMARKS.md, docs/benchmarks.png (~15 min; pass BENCH_ARGS="--runs 5")
+	$(CARGO) build --locked --release --workspace
+	OMP_THREAD_LIMIT=1 ./target/release/tesserve-bench $(BENCH_ARGS)
 
 FUZZ_SECONDS ?= 60
 # cargo-fuzz passes nightly -Z flags (sanitizers); RUSTC_BOOTSTRAP lets the stable toolchain

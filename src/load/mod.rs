@@ -5,6 +5,7 @@
 //! a recognised text must match the text drawn on its own image, and every failure must be
 //! the one that kind of request deserves.
 
+pub mod ceiling;
 pub mod images;
 pub mod render;
 mod report;

@@ -1,0 +1,150 @@
+//! The chart: on the left, server throughput against concurrency per protocol with the
+//! ceiling as a line; on the right, the latency distribution (p50, p95, p99) of the same runs.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use tesserve::load::render::FONT;
+
+use crate::{Error, Results};
+
+pub fn draw(results: &Results, path: &Path) -> Result<(), Error> {
+    // plotters draws text with ab_glyph from a registered font, not the system's fontconfig.
+    let font: &'static [u8] = Box::leak(std::fs::read(FONT)?.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| "cannot register the chart font")?;
+
+    let ceiling = results
+        .ceiling
+        .iter()
+        .find(|row| row.threads == results.cores)
+        .map_or(0.0, |row| row.throughput.median());
+    let most = results
+        .load
+        .iter()
+        .map(|row| row.throughput.max())
+        .fold(ceiling, f64::max)
+        * 1.15;
+    let widest = results
+        .load
+        .iter()
+        .map(|r| r.concurrency)
+        .max()
+        .unwrap_or(1) as f64;
+
+    let root = BitMapBackend::new(path, (1400, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(760);
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!(
+                "tesserve throughput, {} cores ({})",
+                results.cores, results.commit
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.5f64..widest + 0.5, 0f64..most)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc("images / s (median)")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.5, ceiling), (widest + 0.5, ceiling)],
+            BLACK.stroke_width(2),
+        ))?
+        .label(format!("raw Tesseract, {} threads", results.cores))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    for (protocol, color) in [("grpc", BLUE), ("rest", RED)] {
+        let points: Vec<(f64, f64)> = results
+            .load
+            .iter()
+            .filter(|row| row.protocol == protocol)
+            .map(|row| (row.concurrency as f64, row.throughput.median()))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(format!("server, {protocol}"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    latency(results, &right, widest)?;
+    root.present()?;
+    Ok(())
+}
+
+fn latency(
+    results: &Results,
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    widest: f64,
+) -> Result<(), Error> {
+    let slowest = results
+        .load
+        .iter()
+        .map(|row| row.p99_ms.median())
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption("latency of right answers", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.5f64..widest + 0.5, 0f64..slowest)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc("ms (median of runs)")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for (protocol, color) in [("grpc", BLUE), ("rest", RED)] {
+        let rows: Vec<_> = results
+            .load
+            .iter()
+            .filter(|row| row.protocol == protocol)
+            .collect();
+        for (quantile, width, pick) in [
+            (
+                "p50",
+                3,
+                (|row: &crate::LoadRow| row.p50_ms.median()) as fn(&crate::LoadRow) -> f64,
+            ),
+            ("p95", 2, |row| row.p95_ms.median()),
+            ("p99", 1, |row| row.p99_ms.median()),
+        ] {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|row| (row.concurrency as f64, pick(row)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(width)))?
+                .label(format!("{protocol} {quantile}"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(width))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}

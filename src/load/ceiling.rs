@@ -1,0 +1,129 @@
+//! The yardstick: raw Tesseract through tesseract-rs, one engine per thread, looping over
+//! already-decoded images. No server, no decoding, no protocol: what the machine can do.
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Barrier,
+    },
+    time::{Duration, Instant},
+};
+
+use tesseract_rs::TesseractAPI;
+
+use super::{images::Sample, report::Latency};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CeilingError {
+    #[error("image {name}: {reason}")]
+    Decode { name: String, reason: String },
+    #[error("Tesseract: {0}")]
+    Tesseract(String),
+}
+
+/// What `threads` engines did in `duration`.
+#[derive(Clone, Debug)]
+pub struct Ceiling {
+    pub threads: usize,
+    pub images: usize,
+    pub elapsed: Duration,
+    /// Images per second.
+    pub throughput: f64,
+    /// Per image.
+    pub latency: Latency,
+}
+
+struct Decoded {
+    gray: Vec<u8>,
+    width: i32,
+    height: i32,
+}
+
+/// Runs `threads` engines over `samples` for `duration`, taking the images in turn from one
+/// shared sequence, as the load generator sends them.
+pub fn measure(
+    samples: &[Sample],
+    tessdata: &Path,
+    threads: usize,
+    duration: Duration,
+) -> Result<Ceiling, CeilingError> {
+    let decoded = samples
+        .iter()
+        .map(|sample| {
+            let image =
+                image::load_from_memory(&sample.image).map_err(|e| CeilingError::Decode {
+                    name: sample.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let gray = image.to_luma8();
+            Ok(Decoded {
+                width: gray.width() as i32,
+                height: gray.height() as i32,
+                gray: gray.into_raw(),
+            })
+        })
+        .collect::<Result<Vec<_>, CeilingError>>()?;
+    let next = AtomicUsize::new(0);
+    // Engines load before the clock starts: the server's load before it reports ready.
+    let loaded = Barrier::new(threads + 1);
+    let (per_thread, started) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| engine_loop(&decoded, tessdata, &next, &loaded, duration)))
+            .collect();
+        loaded.wait();
+        let started = Instant::now();
+        let per_thread = workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(CeilingError::Tesseract("a thread panicked".into())))
+            })
+            .collect::<Result<Vec<_>, _>>();
+        (per_thread, started)
+    });
+    let per_thread = per_thread?;
+    let elapsed = started.elapsed();
+    let latencies: Vec<Duration> = per_thread.into_iter().flatten().collect();
+    Ok(Ceiling {
+        threads,
+        images: latencies.len(),
+        elapsed,
+        throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latency: Latency::of(latencies),
+    })
+}
+
+/// One engine taking the next image of the set until `duration` has passed (at least one
+/// image); the time of each.
+fn engine_loop(
+    set: &[Decoded],
+    tessdata: &Path,
+    next: &AtomicUsize,
+    loaded: &Barrier,
+    duration: Duration,
+) -> Result<Vec<Duration>, CeilingError> {
+    let fail = |what: &str| CeilingError::Tesseract(what.to_owned());
+    let api = TesseractAPI::new();
+    let ready = api
+        .init(tessdata, "eng")
+        .and_then(|()| api.set_variable("debug_file", "/dev/null"));
+    // Every thread reaches the barrier, loaded or not, so none waits forever.
+    loaded.wait();
+    ready.map_err(|_| fail("load eng"))?;
+    let until = Instant::now() + duration;
+    let mut latencies = Vec::new();
+    loop {
+        let image = &set[next.fetch_add(1, Ordering::Relaxed) % set.len()];
+        let started = Instant::now();
+        api.set_image(&image.gray, image.width, image.height, 1, image.width)
+            .map_err(|_| fail("set the image"))?;
+        api.get_utf8_text().map_err(|_| fail("recognise"))?;
+        latencies.push(started.elapsed());
+        let _ = api.clear();
+        if Instant::now() >= until {
+            return Ok(latencies);
+        }
+    }
+}
