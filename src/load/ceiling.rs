@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tesseract_rs::TesseractAPI;
+use tesseract_rs::{TessPageSegMode, TesseractAPI};
 
 use super::{images::Sample, report::Latency};
 
@@ -106,9 +106,11 @@ fn engine_loop(
 ) -> Result<Vec<Duration>, CeilingError> {
     let fail = |what: &str| CeilingError::Tesseract(what.to_owned());
     let api = TesseractAPI::new();
+    // The server's defaults, so both do the same work: automatic page segmentation.
     let ready = api
         .init(tessdata, "eng")
-        .and_then(|()| api.set_variable("debug_file", "/dev/null"));
+        .and_then(|()| api.set_variable("debug_file", "/dev/null"))
+        .and_then(|()| api.set_page_seg_mode(TessPageSegMode::PSM_AUTO));
     // Every thread reaches the barrier, loaded or not, so none waits forever.
     loaded.wait();
     ready.map_err(|_| fail("load eng"))?;
