@@ -34,7 +34,7 @@ pub enum CommandError {
 /// Recognises each file and prints its text (or one JSON object per line with `--json`).
 pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
     let pool = EnginePool::start(args.engine.validate()?)?;
-    let model = Model::new(DEFAULT_MODEL.to_owned(), pool, Admission::default());
+    let model = Model::new(DEFAULT_MODEL.to_owned(), pool, Admission::default(), None);
     model.pool().wait_ready().await?;
     let mut options = model.options_builder();
     if let Some(psm) = args.psm {

@@ -174,6 +174,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
 
+    /// Bytes of recognised results to keep, so identical images with identical options are
+    /// answered without running Tesseract again; 0 turns the cache off.
+    #[arg(long, env = "TESSERVE_CACHE_BYTES", default_value_t = 0)]
+    pub cache_bytes: usize,
+
     /// PEM certificate chain: serve TLS on both ports. Reloaded on change and on SIGHUP.
     #[arg(long, env = "TESSERVE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -308,6 +313,8 @@ pub struct ServeConfig {
     pub model_name: String,
     pub max_message_bytes: usize,
     pub admission: Admission,
+    /// Budget of the result cache; 0: no cache.
+    pub cache_bytes: usize,
     pub auth: AuthConfig,
     /// `None`: plaintext (HTTP/2 cleartext for gRPC), as behind a mesh sidecar.
     pub tls: Option<Tls>,
@@ -378,6 +385,7 @@ impl ServeArgs {
             http_addr: SocketAddr::new(self.bind, self.http_port),
             model_name: self.model_name.clone(),
             max_message_bytes: self.max_message_bytes,
+            cache_bytes: self.cache_bytes,
             admission: Admission {
                 max_concurrent_requests: self.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
                 request_timeout: Some(request_timeout),

@@ -32,7 +32,7 @@ use crate::{
     auth::AuthLayer,
     config::{ConnectionLimits, ServeConfig, Shutdown},
     listener::{self, Connection},
-    model::{Model, NotReady},
+    model::{Model, NotReady, ResultCache},
     ocr::{EnginePool, PoolError},
     oip::{
         grpc::OipService,
@@ -91,6 +91,7 @@ impl Server {
             config.model_name,
             EnginePool::start(config.pool)?,
             config.admission,
+            (config.cache_bytes > 0).then(|| ResultCache::new(config.cache_bytes)),
         );
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;

@@ -912,3 +912,55 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let response = in_flight.await.unwrap().unwrap().into_inner();
     assert_text(&typed_strings(&response, "text")[0], HELLO, 1);
 }
+
+#[tokio::test]
+async fn identical_images_and_options_are_answered_from_the_cache() {
+    let mut s = TestServer::start(&["--cache-bytes", "1000000"]).await;
+    let (cached, fresh) = (png(&["Cache me"]), png(&["Fresh page"]));
+    let recognised = |s: &TestServer| s.server.model().pool().pushed_popped().1;
+
+    let first = s
+        .client
+        .model_infer(typed_request(&[&cached]))
+        .await
+        .unwrap()
+        .into_inner();
+    let engines_before = recognised(&s);
+    // Once alone, once beside an image the cache has not seen: only that one is recognised.
+    let again = s
+        .client
+        .model_infer(typed_request(&[&cached]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recognised(&s), engines_before, "a hit runs no engine");
+    assert_eq!(again.outputs, first.outputs);
+    let mixed = s
+        .client
+        .model_infer(typed_request(&[&fresh, &cached]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recognised(&s), engines_before + 1);
+    let texts = typed_strings(&mixed, "text");
+    assert_text(&texts[0], "Fresh page", 1);
+    assert_text(&texts[1], "Cache me", 1);
+
+    // Other options are another result.
+    let mut request = typed_request(&[&cached]);
+    request.parameters = params(&[("psm", ParameterChoice::Int64Param(7))]);
+    s.client.model_infer(request).await.unwrap();
+    assert_eq!(recognised(&s), engines_before + 2);
+
+    let metrics = reqwest::get(format!("{}/metrics", s.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tesserve_cache_lookups_total{outcome=\"hit\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tesserve_cache_bytes"), "{metrics}");
+}

@@ -20,7 +20,7 @@ fn model() -> &'static Arc<Model> {
         let cli = Cli::try_parse_from(["tesserve", "--workers", "1"]).expect("flags");
         let config = cli.serve.validate().expect("tessdata with eng installed");
         let pool = EnginePool::start(config.pool).expect("engine pool");
-        Model::new("ocr".into(), pool, Admission::default())
+        Model::new("ocr".into(), pool, Admission::default(), None)
     })
 }
 

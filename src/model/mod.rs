@@ -2,6 +2,7 @@
 //! inference path. gRPC, REST and the gateway all build an [`InferRequest`] and call
 //! [`Model::infer`]; nothing else reaches the engine pool.
 
+mod cache;
 mod error;
 mod params;
 mod stats;
@@ -16,6 +17,7 @@ use std::{
 
 use tokio::sync::Semaphore;
 
+pub use self::cache::{Key, ResultCache};
 pub use self::error::{ErrorKind, InferError};
 pub use self::params::{OptionsBuilder, ParamValue};
 pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
@@ -24,7 +26,10 @@ use ::metrics::{counter, histogram};
 use tracing::Instrument;
 
 use crate::{
-    ocr::{EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind},
+    ocr::{
+        EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
+        OutputSet,
+    },
     telemetry::{self, metrics},
 };
 
@@ -132,13 +137,20 @@ pub struct Model {
     admission: Admission,
     draining: AtomicBool,
     overloaded: AtomicBool,
+    cache: Option<ResultCache>,
 }
 
 impl Model {
-    pub fn new(name: String, pool: EnginePool, admission: Admission) -> Arc<Model> {
+    pub fn new(
+        name: String,
+        pool: EnginePool,
+        admission: Admission,
+        cache: Option<ResultCache>,
+    ) -> Arc<Model> {
         Arc::new(Model {
             name,
             pool,
+            cache,
             stats: Stats::default(),
             in_flight: Arc::new(Semaphore::new(admission.max_concurrent_requests)),
             admission,
@@ -231,7 +243,7 @@ impl Model {
             Ok(response) => {
                 let timings: Vec<_> = response.results.iter().map(|r| r.timings).collect();
                 self.stats.record_success(&timings, elapsed);
-                for result in &response.results {
+                for result in response.results.iter().filter(|r| !r.cached) {
                     histogram!(metrics::IMAGE_PIXELS).record(result.pixels as f64);
                     histogram!(metrics::QUEUE_WAIT).record(result.timings.queue.as_secs_f64());
                     histogram!(metrics::DECODE).record(result.timings.decode.as_secs_f64());
@@ -280,12 +292,35 @@ impl Model {
         }
 
         let options = Arc::new(request.options);
-        let outputs = request.outputs.iter().copied().collect();
-        let jobs = request
+        let outputs: OutputSet = request.outputs.iter().copied().collect();
+        let keys: Vec<Option<Key>> = request
+            .images
+            .iter()
+            .map(|image| {
+                self.cache
+                    .as_ref()
+                    .map(|_| Key::new(image, &options, outputs))
+            })
+            .collect();
+        let mut results: Vec<Option<OcrResult>> = keys
+            .iter()
+            .map(|key| Some((self.cache.as_ref()?, key.as_ref()?)))
+            .map(|found| {
+                let (cache, key) = found?;
+                let mut result = cache.get(key)?;
+                result.cached = true;
+                result.timings = Default::default();
+                Some(result)
+            })
+            .collect();
+        let mut pending = Vec::new();
+        let jobs: Vec<Job> = request
             .images
             .into_iter()
             .enumerate()
+            .filter(|(index, _)| results[*index].is_none())
             .map(|(index, image)| {
+                pending.push(index);
                 histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
                 Job {
                     // Span numbers as i64: OpenTelemetry has no unsigned integers.
@@ -301,26 +336,36 @@ impl Model {
                 }
             })
             .collect();
-        let receivers = self.pool.submit(jobs)?;
+        let receivers = match jobs.is_empty() {
+            true => Vec::new(),
+            false => self.pool.submit(jobs)?,
+        };
 
         // Dropping the receivers (on an error or at the deadline) cancels the images still
         // queued or running.
         let collect = async {
-            let mut results = Vec::with_capacity(receivers.len());
-            for (index, receiver) in receivers.into_iter().enumerate() {
+            for (&index, receiver) in pending.iter().zip(receivers) {
                 let reply = receiver
                     .await
                     .map_err(|_| InferError::Internal("an engine worker exited".into()))?;
-                results.push(reply.map_err(|error| job_error(index, error))?);
+                let result = reply.map_err(|error| job_error(index, error))?;
+                if let (Some(cache), Some(key)) = (&self.cache, &keys[index]) {
+                    cache.insert(*key, &result);
+                }
+                results[index] = Some(result);
             }
-            Ok::<_, InferError>(results)
+            Ok::<_, InferError>(())
         };
-        let results = match deadline {
+        match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), collect)
                 .await
                 .map_err(|_| InferError::DeadlineExceeded)??,
             None => collect.await?,
         };
+        let results = results
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| InferError::Internal("an image got no result".into()))?;
         Ok(InferResponse {
             id: request.id,
             outputs: request.outputs,

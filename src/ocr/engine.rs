@@ -57,6 +57,8 @@ pub struct OcrResult {
     pub timings: Timings,
     /// Width × height of the decoded image.
     pub pixels: u64,
+    /// Served from the result cache: no engine ran, the timings are zero.
+    pub cached: bool,
 }
 
 /// Where the time of one image went.

@@ -80,6 +80,11 @@ pub struct RawPixels {
 }
 
 impl RawPixels {
+    /// The pixels, width, height and channels.
+    pub fn parts(&self) -> (&[u8], u32, u32, u8) {
+        (&self.data, self.width, self.height, self.channels)
+    }
+
     pub fn new(data: Bytes, width: u64, height: u64, channels: u64) -> Result<Self, ImageError> {
         if !matches!(channels, 1 | 3 | 4) {
             return Err(ImageError::Channels { channels });

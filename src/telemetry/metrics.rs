@@ -31,6 +31,8 @@ pub const WORKERS: &str = "tesserve_workers";
 pub const ENGINES_BUSY: &str = "tesserve_engines_busy";
 pub const ENGINES_LOADED: &str = "tesserve_engines_loaded";
 pub const READY: &str = "tesserve_ready";
+pub const CACHE_LOOKUPS: &str = "tesserve_cache_lookups_total";
+pub const CACHE_BYTES: &str = "tesserve_cache_bytes";
 pub const TLS_CERT_EXPIRY: &str = "tesserve_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_RELOADS: &str = "tesserve_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "tesserve_tls_handshake_failures_total";
@@ -155,6 +157,11 @@ fn describe() {
         READY,
         "1 when every worker has loaded the default language."
     );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Result cache lookups, by outcome (hit or miss)."
+    );
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Size of the cached results.");
     describe_gauge!(
         TLS_CERT_EXPIRY,
         Unit::Seconds,
