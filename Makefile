@@ -3,10 +3,12 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Runtime and build: libtesseract (+ leptonica) via pkg-config, English traineddata.
+# Build: libtesseract (+ leptonica) via pkg-config. Runtime: English traineddata.
 # Tests: DejaVu Sans renders the test images; python3-venv runs the external clients; curl is
 # one of them; promtool (package prometheus) lints the metrics exposition.
-APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core curl prometheus
+# `make deps BUILD_ONLY=1` installs only what compiling needs (the Dockerfile's build stage).
+BUILD_PACKAGES := libtesseract-dev pkg-config
+APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-dejavu-core curl prometheus)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -21,7 +23,7 @@ deps: ## Install missing system packages (apt-get) and check for cargo
 	for pkg in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
-	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(if $(BUILD_ONLY),,python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv";) \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
