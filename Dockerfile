@@ -14,7 +14,7 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
-# make, then what compiling needs (libtesseract-dev, pkg-config) through the Makefile.
+# make, then what compiling needs (libtesseract-dev, pkg-config, g++) through the Makefile.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends make \

@@ -3,11 +3,12 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Build: libtesseract (+ leptonica) via pkg-config. Runtime: English traineddata.
+# Build: libtesseract (+ leptonica) via pkg-config; g++ for libstdc++, which it links.
+# Runtime: English traineddata.
 # Tests: DejaVu Sans renders the test images; python3-venv runs the external clients; curl is
 # one of them; promtool (package prometheus) lints the metrics exposition.
 # `make deps BUILD_ONLY=1` installs only what compiling needs (the Dockerfile's build stage).
-BUILD_PACKAGES := libtesseract-dev pkg-config
+BUILD_PACKAGES := libtesseract-dev pkg-config g++
 APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-dejavu-core curl prometheus)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=

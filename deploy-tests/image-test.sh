@@ -171,10 +171,12 @@ trap cleanup EXIT
 
 say "run: read-only root, no capabilities, 127.0.0.1:$grpc_port (gRPC) and :$http_port (REST)"
 # No writable tmpfs either (--read-only-tmpfs=false): the server needs no writable path.
+# (podman complains that it cannot add systemd timers for the health check: there is no
+# systemd here, and `podman healthcheck run` below runs the check instead.)
 podman run --detach --name "$name" --read-only --read-only-tmpfs=false \
   --cap-drop ALL --security-opt no-new-privileges --memory 1g \
   -p "127.0.0.1:$grpc_port:8081" -p "127.0.0.1:$http_port:8080" \
-  "$image" serve --workers 2 >/dev/null
+  "$image" serve --workers 2 >/dev/null 2>"$work/run.log" || { cat "$work/run.log"; fail "podman run"; }
 
 healthy=""
 for _ in $(seq 1 60); do
@@ -189,7 +191,9 @@ done
 [ -n "$healthy" ] || { podman logs "$name"; fail "HEALTHCHECK never passed"; }
 echo "HEALTHCHECK (tesserve healthcheck) passes"
 
-uid=$(podman top "$name" uid | awk 'NR == 2 { print $1 }')
+# podman top would run ps inside the image, which has none: read the process from the host.
+pid=$(podman inspect --format '{{.State.Pid}}' "$name")
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
 [ "$uid" = "${user%%:*}" ] || fail "the server runs as uid '$uid', not ${user%%:*}"
 echo "server process uid $uid"
 [ "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$name")" = true ] ||
@@ -241,7 +245,7 @@ echo "POST /predict: $reply"
 echo "health, readiness, /predict, /metrics and h2c on the REST port answer"
 
 say "SIGTERM: graceful stop"
-podman stop --time 60 "$name" >/dev/null
+podman stop --time 60 "$name" >/dev/null 2>>"$work/run.log"
 code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
 [ "$code" = 0 ] || { podman logs "$name" | tail -20; fail "exit status $code after SIGTERM"; }
 echo "exited 0 after SIGTERM"

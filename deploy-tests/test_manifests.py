@@ -263,7 +263,7 @@ def test_workers_follow_the_cpu_limit(rendered, name):
     container = predictor_container(isvc_of(rendered, name))
     resources = container["resources"]
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"], "whole CPUs for the engines"
-    assert resources["requests"]["memory"] and resources["limits"]["memory"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"], "Guaranteed QoS"
     env = {e["name"]: e for e in container.get("env", [])}
     workers = env["TESSERVE_WORKERS"]
     limit = math.ceil(cpu(resources["limits"]["cpu"]))
