@@ -66,9 +66,9 @@ fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not pa
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-clean: ## Remove build output and the test venv
+clean: ## Remove build output and the test venvs
 	$(CARGO) clean
-	rm -rf .venv
+	rm -rf .venv .venv-deploy
 
 # Deployment: Dockerfile, kserve/, istio/, monitoring/, overlays/, argocd/, cluster/.
 # Offline checks run in their own venv (pinned kubectl, hadolint, shellcheck, grpcurl).

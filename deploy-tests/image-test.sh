@@ -36,7 +36,8 @@ fail() {
 }
 
 say "tools"
-packages=(podman buildah runc debootstrap uidmap slirp4netns)
+# podman and friends; curl and a font for the request the test sends.
+packages=(podman buildah runc debootstrap uidmap slirp4netns curl fonts-dejavu-core)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
