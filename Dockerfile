@@ -27,8 +27,11 @@ RUN make deps BUILD_ONLY=1 && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo .cargo
 COPY proto proto
-RUN mkdir -p src \
+# The benchmark is a workspace member: cargo needs its manifest, never builds it here.
+COPY bench/Cargo.toml bench/
+RUN mkdir -p src bench/src \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
  && touch src/lib.rs \
  && make release BUILD_ONLY=1 \
  && rm -rf src target/release/tesserve target/release/deps/tesserve-* \

@@ -229,6 +229,11 @@ pub struct EngineArgs {
     #[arg(long, env = "TESSERVE_LANG", default_value = DEFAULT_LANG)]
     pub lang: String,
 
+    /// Big pages (2 Mpx and more) arriving while engines are idle are cut along blank rows
+    /// and recognised on several engines at once; `off` always uses one engine per page.
+    #[arg(long, env = "TESSERVE_SPLIT_PAGES", value_enum, default_value_t = SplitPages::Auto)]
+    pub split_pages: SplitPages,
+
     /// Largest encoded image accepted, in bytes.
     #[arg(long, env = "TESSERVE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
     pub max_image_bytes: usize,
@@ -237,6 +242,12 @@ pub struct EngineArgs {
     /// before decoding.
     #[arg(long, env = "TESSERVE_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitPages {
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -471,6 +482,7 @@ impl EngineArgs {
                 max_bytes: self.max_image_bytes,
                 max_pixels: self.max_image_pixels,
             },
+            split_pages: self.split_pages == SplitPages::Auto,
         })
     }
 }

@@ -44,6 +44,7 @@ async fn server_throughput_stays_near_raw_tesseract() {
         rest: None,
         model: "ocr".into(),
         api_key: None,
+        authority: None,
         concurrency: ENGINES,
         duration: Duration::from_secs(SECONDS),
         requests: None,

@@ -26,6 +26,7 @@ async fn mixed_hostile_workload_gets_only_right_answers_and_expected_failures() 
         rest: Some(s.http()),
         model: "ocr".into(),
         api_key: None,
+        authority: None,
         concurrency: 12,
         duration: Duration::from_secs(30),
         requests: None,

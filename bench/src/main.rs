@@ -131,7 +131,12 @@ pub struct Results {
     pub rss_before_growth_mib: f64,
     pub rss_after_growth_mib: f64,
     pub page_ceiling_ms: Spread,
-    pub page_server_ms: Spread,
+    /// The server, splitting the page across idle engines.
+    pub page_split_ms: Spread,
+    /// The server with `--split-pages off`.
+    pub page_whole_ms: Spread,
+    /// Character error rate of the split page's text against the whole page's.
+    pub page_split_cer: f64,
 }
 
 fn main() {
@@ -195,12 +200,12 @@ fn run(args: &Args) -> Result<(), Error> {
     }
 
     for _ in 0..args.runs {
-        let server = Server::start(&args.bin, cores)?;
+        let server = Server::start(&args.bin, cores, &[])?;
         results.startup_ms.push(server.startup.as_secs_f64() * 1e3);
         results.rss_idle_mib.push(server.rss_mib());
     }
 
-    let server = Server::start(&args.bin, cores)?;
+    let server = Server::start(&args.bin, cores, &[])?;
     for protocol in ["grpc", "rest"] {
         for concurrency in [1, cores, 2 * cores, 4 * cores] {
             let mut row = LoadRow {
@@ -250,21 +255,33 @@ fn run(args: &Args) -> Result<(), Error> {
         }
     }
 
+    // The big page alone: split across idle engines (the default) and whole on one engine.
+    let whole = Server::start(&args.bin, cores, &["--split-pages", "off"])?;
+    let page_only = ["--snippets", "0", "--a4-pages", "1", "--requests", "1"];
     for _ in 0..args.runs {
-        let report = load(
-            &args.bin,
-            &server,
-            "grpc",
-            1,
-            args.seconds.max(60.0),
-            &["--snippets", "0", "--a4-pages", "1", "--requests", "1"],
-        )?;
-        results.page_server_ms.push(
-            report["latency"]["all"]["mean_ms"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
+        for (target, figure) in [
+            (&server, &mut results.page_split_ms),
+            (&whole, &mut results.page_whole_ms),
+        ] {
+            let report = load(
+                &args.bin,
+                target,
+                "grpc",
+                1,
+                args.seconds.max(60.0),
+                &page_only,
+            )?;
+            figure.push(
+                report["latency"]["all"]["mean_ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            );
+        }
     }
+    let (split_text, whole_text) = (server.read(&page[0].image)?, whole.read(&page[0].image)?);
+    results.page_split_cer =
+        images::distance(&split_text, &whole_text) as f64 / whole_text.len().max(1) as f64;
+    drop(whole);
 
     results.rss_before_growth_mib = server.rss_mib();
     let growth = args.growth_requests.to_string();

@@ -40,7 +40,7 @@ fn free_port() -> Result<u16, Error> {
 }
 
 impl Server {
-    pub fn start(bin: &Path, workers: usize) -> Result<Server, Error> {
+    pub fn start(bin: &Path, workers: usize, flags: &[&str]) -> Result<Server, Error> {
         let (grpc_port, http_port) = (free_port()?, free_port()?);
         let started = Instant::now();
         let child = Command::new(bin.join("tesserve"))
@@ -48,6 +48,7 @@ impl Server {
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])
             .args(["--workers", &workers.to_string()])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -77,6 +78,18 @@ impl Server {
     /// Resident memory now, in MiB.
     pub fn rss_mib(&self) -> f64 {
         rss_mib(self.child.id())
+    }
+
+    /// The text the server reads in `image`, over REST.
+    pub fn read(&self, image: &[u8]) -> Result<String, Error> {
+        let url = format!("http://127.0.0.1:{}/predict", self.http_port);
+        let part = reqwest::blocking::multipart::Part::bytes(image.to_vec()).file_name("page.png");
+        let form = reqwest::blocking::multipart::Form::new().part("file", part);
+        let reply: serde_json::Value = self.http.post(url).multipart(form).send()?.json()?;
+        reply["text"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no text in {reply}").into())
     }
 
     pub fn recognition(&self) -> Result<Recognition, Error> {

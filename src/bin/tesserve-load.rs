@@ -25,6 +25,11 @@ struct Args {
     #[arg(long, env = "TESSERVE_API_KEY")]
     api_key: Option<String>,
 
+    /// Host name to ask for (gRPC `:authority`, HTTP `Host`), e.g. an ingress gateway's
+    /// virtual host when connecting to its address.
+    #[arg(long)]
+    authority: Option<String>,
+
     /// Clients sending at once (split between gRPC and REST when both are given).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -90,6 +95,7 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         rest: args.rest.map(with_scheme),
         model: args.model,
         api_key: args.api_key,
+        authority: args.authority,
         concurrency: args.concurrency.max(1),
         duration,
         requests: args.requests,

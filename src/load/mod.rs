@@ -129,6 +129,9 @@ pub struct LoadConfig {
     pub rest: Option<String>,
     pub model: String,
     pub api_key: Option<String>,
+    /// The host name to ask for (gRPC `:authority`, HTTP `Host`) when it is not the
+    /// address connected to, as behind an ingress gateway that routes by host.
+    pub authority: Option<String>,
     pub concurrency: usize,
     pub duration: Duration,
     /// Stop after this many requests, if sooner than `duration`.
@@ -252,7 +255,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         clients.push(match protocol {
             Protocol::Grpc => {
                 let target = config.grpc.clone().unwrap_or_default();
-                Client::Grpc(grpc_client(&target).await?)
+                Client::Grpc(grpc_client(&target, config.authority.as_deref()).await?)
             }
             Protocol::Rest => {
                 let base = config.rest.clone().unwrap_or_default();
@@ -295,13 +298,23 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     ))
 }
 
-async fn grpc_client(target: &str) -> Result<GrpcInferenceServiceClient<Channel>, LoadError> {
+async fn grpc_client(
+    target: &str,
+    authority: Option<&str>,
+) -> Result<GrpcInferenceServiceClient<Channel>, LoadError> {
     let connect = |reason: String| LoadError::Connect {
         target: target.to_owned(),
         reason,
     };
-    let channel = Endpoint::from_shared(target.to_owned())
-        .map_err(|e| connect(e.to_string()))?
+    let mut endpoint =
+        Endpoint::from_shared(target.to_owned()).map_err(|e| connect(e.to_string()))?;
+    if let Some(authority) = authority {
+        let origin = format!("http://{authority}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| connect(e.to_string()))?;
+        endpoint = endpoint.origin(origin);
+    }
+    let channel = endpoint
         .tcp_nodelay(true)
         .connect()
         .await
@@ -493,6 +506,9 @@ async fn call(
             }
             if let Some(key) = &config.api_key {
                 request = request.bearer_auth(key);
+            }
+            if let Some(authority) = &config.authority {
+                request = request.header(http::header::HOST, authority.as_str());
             }
             let response = request
                 .send()

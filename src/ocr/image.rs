@@ -211,6 +211,19 @@ impl Pixels {
         &self.data
     }
 
+    /// A band of whole rows, sharing this image's buffer.
+    pub fn rows(&self, rows: std::ops::Range<u32>) -> Pixels {
+        let stride = self.width as usize * usize::from(self.channels);
+        Pixels {
+            data: self
+                .data
+                .slice(rows.start as usize * stride..rows.end as usize * stride),
+            width: self.width,
+            height: rows.end - rows.start,
+            channels: self.channels,
+        }
+    }
+
     pub fn width(&self) -> u32 {
         self.width
     }

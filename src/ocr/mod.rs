@@ -7,6 +7,7 @@ mod engine;
 pub mod image;
 mod options;
 mod pool;
+mod split;
 
 pub use self::engine::{EngineError, OcrResult, Timings, Word};
 pub use self::image::{ImageError, ImageInput, ImageLimits, RawPixels};

@@ -19,12 +19,13 @@ use std::{
     time::Instant,
 };
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{select, Receiver, Sender};
 use tokio::sync::{oneshot, watch};
 
 use super::{
     engine::{Engine, EngineError, OcrResult},
-    image::{ImageError, ImageInput, ImageLimits},
+    image::{ImageError, ImageInput, ImageLimits, Pixels},
+    split::{self, Split},
     Lang, Languages, OcrOptions, OutputSet,
 };
 
@@ -42,6 +43,8 @@ pub struct PoolConfig {
     /// Preloaded on every worker; the pool is ready when all have it.
     pub default_lang: Lang,
     pub limits: ImageLimits,
+    /// Recognise big pages in strips on idle engines at once.
+    pub split_pages: bool,
 }
 
 /// One image to recognise.
@@ -123,6 +126,8 @@ struct Counters {
     abandoned: AtomicUsize,
     expired: AtomicUsize,
     cancelled: AtomicUsize,
+    /// Pages recognised in strips on several engines.
+    split: AtomicUsize,
     /// Engines alive, by language specification, across workers.
     engines: Mutex<BTreeMap<String, usize>>,
 }
@@ -157,6 +162,8 @@ impl EnginePool {
             );
         }
         let (queue, jobs) = crossbeam_channel::unbounded();
+        // Strips offered to idle workers; not counted as queued images.
+        let (help, helping) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let (state_tx, state) = watch::channel(State::Loading);
         let state_tx = Arc::new(state_tx);
@@ -164,6 +171,8 @@ impl EnginePool {
             let worker = Worker {
                 config: config.clone(),
                 jobs: jobs.clone(),
+                help: help.clone(),
+                helping: helping.clone(),
                 counters: counters.clone(),
                 state: state_tx.clone(),
                 engines: Vec::new(),
@@ -281,6 +290,11 @@ impl EnginePool {
         engines.unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Pages recognised in strips on several engines at once.
+    pub fn pages_split(&self) -> usize {
+        self.counters.split.load(Ordering::Relaxed)
+    }
+
     pub fn dropped(&self) -> Dropped {
         let load = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
         Dropped {
@@ -294,6 +308,9 @@ impl EnginePool {
 struct Worker {
     config: PoolConfig,
     jobs: Receiver<Envelope>,
+    /// Pages being split, for idle workers to take strips of.
+    help: Sender<Arc<Split>>,
+    helping: Receiver<Arc<Split>>,
     counters: Arc<Counters>,
     state: Arc<watch::Sender<State>>,
     /// Most recently used first.
@@ -324,13 +341,67 @@ impl Worker {
         }
     }
 
-    /// Serves jobs until the pool, the only sender, is dropped and the queue is drained.
+    /// Serves jobs, and strips of other workers' pages, until the pool (the only sender of
+    /// jobs) is dropped and the queue is drained.
     fn take_jobs(&mut self) {
-        while let Ok(envelope) = self.jobs.recv() {
-            self.counters.queued.fetch_sub(1, Ordering::AcqRel);
-            self.counters.popped.fetch_add(1, Ordering::Relaxed);
-            self.serve(envelope);
+        loop {
+            select! {
+                recv(self.jobs) -> envelope => match envelope {
+                    Ok(envelope) => {
+                        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+                        self.counters.popped.fetch_add(1, Ordering::Relaxed);
+                        self.serve(envelope);
+                    }
+                    Err(_) => return,
+                },
+                recv(self.helping) -> split => {
+                    if let Ok(split) = split {
+                        self.counters.busy.fetch_add(1, Ordering::AcqRel);
+                        self.take_strips(&split, &|| false);
+                        self.counters.busy.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            }
         }
+    }
+
+    /// Recognises strips of `split` until none is left; `stop` is the caller's own reason to
+    /// give up, besides the split's.
+    fn take_strips(&mut self, split: &Split, stop: &dyn Fn() -> bool) {
+        while let Some((index, strip)) = split.take() {
+            let cancel = || split.cancelled() || stop();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let engine = self.engine(&split.options.lang)?;
+                Ok(engine.recognize(&strip, &split.options, split.outputs, &cancel)?)
+            }));
+            let result = outcome.unwrap_or_else(|_| {
+                self.reset_engines();
+                Err(JobError::Panicked)
+            });
+            split.finish(index, result);
+        }
+    }
+
+    /// Strips of `pixels` for this worker and the idle ones, if the page is worth splitting
+    /// and engines are idle now (never under load: then splitting would only add work).
+    fn plan_split(
+        &self,
+        options: &OcrOptions,
+        outputs: OutputSet,
+        pixels: &Pixels,
+    ) -> Option<Vec<Pixels>> {
+        if !self.config.split_pages || !split::allowed(options, outputs, pixels) {
+            return None;
+        }
+        let busy = self.counters.busy.load(Ordering::Acquire);
+        let idle = self.config.workers.get().saturating_sub(busy);
+        if idle == 0 || self.counters.queued.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        // Twice as many strips as engines: whoever finishes first takes the next, so one
+        // dense strip does not leave the other engines waiting.
+        let strips = split::plan(pixels, 2 * (1 + idle));
+        (strips.len() > 1).then(|| strips.into_iter().map(|rows| pixels.rows(rows)).collect())
     }
 
     /// Drops every engine: after a panic they may be mid-page in an unknown state.
@@ -400,8 +471,29 @@ impl Worker {
             height = i64::from(pixels.height()),
         );
         let _entered = span.enter();
-        let engine = self.engine(&job.options.lang)?;
-        let mut result = engine.recognize(&pixels, &job.options, job.outputs, cancel)?;
+        let mut result = match self.plan_split(&job.options, job.outputs, &pixels) {
+            Some(strips) => {
+                let recognising = Instant::now();
+                let split = Arc::new(Split::new(
+                    strips,
+                    job.options.clone(),
+                    job.outputs,
+                    job.deadline,
+                ));
+                for _ in 1..split.len() {
+                    let _ = self.help.send(split.clone());
+                }
+                self.counters.split.fetch_add(1, Ordering::Relaxed);
+                self.take_strips(&split, cancel);
+                let mut joined = split.join(cancel)?;
+                joined.timings.recognize = recognising.elapsed();
+                joined
+            }
+            None => {
+                let engine = self.engine(&job.options.lang)?;
+                engine.recognize(&pixels, &job.options, job.outputs, cancel)?
+            }
+        };
         result.timings.decode = decode_time;
         result.pixels = u64::from(pixels.width()) * u64::from(pixels.height());
         Ok(result)

@@ -1,0 +1,41 @@
+//! Intra-page parallelism: a big page on an idle server is recognised in strips on both
+//! engines, and the joined text is the whole-page text (within 0.5 % character error).
+
+mod common;
+
+use common::{typed_request, typed_strings, TestServer};
+use tesserve::{
+    load::{images, render::Renderer},
+    oip::pb::model_infer_request::InferRequestedOutputTensor,
+};
+
+async fn read(flags: &[&str], page: &[u8]) -> (String, usize) {
+    let mut s = TestServer::start(flags).await;
+    // Text only: words, hOCR and TSV carry page coordinates, so those pages are never split.
+    let mut request = typed_request(&[page]);
+    request.outputs = vec![InferRequestedOutputTensor {
+        name: "text".into(),
+        ..Default::default()
+    }];
+    let reply = s.client.model_infer(request).await.unwrap().into_inner();
+    let text = typed_strings(&reply, "text").remove(0);
+    (text, s.server.model().pool().pages_split())
+}
+
+#[tokio::test]
+async fn a_big_page_is_split_across_idle_engines_without_changing_its_text() {
+    let page = images::a4_page(&Renderer::new().unwrap(), 3).unwrap();
+    let (split_text, splits) = read(&["--workers", "2"], &page.image).await;
+    let (whole_text, no_splits) =
+        read(&["--workers", "2", "--split-pages", "off"], &page.image).await;
+    assert_eq!((splits, no_splits), (1, 0));
+
+    let errors = images::distance(&split_text, &whole_text);
+    let rate = errors as f64 / whole_text.len() as f64;
+    assert!(
+        rate <= 0.005,
+        "split text is {errors} edits ({:.2} %) from the whole-page text",
+        rate * 100.0
+    );
+    assert!(images::matches(&split_text, &page.text), "{split_text}");
+}
