@@ -130,6 +130,9 @@ pub struct Results {
     pub growth_requests: u64,
     pub rss_before_growth_mib: f64,
     pub rss_after_growth_mib: f64,
+    /// p50 of small images (1 and 3 lines) at concurrency 1: raw Tesseract, then the server.
+    pub small_ceiling_p50_ms: Spread,
+    pub small_server_p50_ms: Spread,
     pub page_ceiling_ms: Spread,
     /// The server, splitting the page across idle engines.
     pub page_split_ms: Spread,
@@ -193,6 +196,12 @@ fn run(args: &Args) -> Result<(), Error> {
         }
         results.ceiling.push(row);
     }
+    // Small images alone: what per-request overhead costs where it shows most.
+    let small = &snippets[..2.min(snippets.len())];
+    for _ in 0..args.runs {
+        let measured = ceiling::measure(small, tessdata, 1, duration)?;
+        results.small_ceiling_p50_ms.push(measured.latency.p50_ms);
+    }
     for _ in 0..args.runs {
         // One page: every engine reads at least one image.
         let page = ceiling::measure(&page, tessdata, 1, Duration::ZERO)?;
@@ -253,6 +262,22 @@ fn run(args: &Args) -> Result<(), Error> {
             }
             results.load.push(row);
         }
+    }
+
+    for _ in 0..args.runs {
+        let report = load(
+            &args.bin,
+            &server,
+            "grpc",
+            1,
+            args.seconds,
+            &["--snippets", "2"],
+        )?;
+        results.small_server_p50_ms.push(
+            report["latency"]["all"]["p50_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
     }
 
     // The big page alone: split across idle engines (the default) and whole on one engine.

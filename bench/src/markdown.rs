@@ -23,7 +23,6 @@ pub fn render(results: &Results, chart: &Path) -> String {
             .find(|row| row.threads == threads)
             .map_or(f64::NAN, |row| row.throughput.median())
     };
-    let top = ceiling(results.cores);
     let _ = writeln!(
         out,
         "# Benchmarks\n\nWritten by `make bench` (`tesserve-bench {}`); do not edit by hand.\n",
@@ -50,7 +49,7 @@ pub fn render(results: &Results, chart: &Path) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## The server\n\n`tesserve serve --workers {cores}` in one process, `tesserve-load` in another, on loopback. gRPC sends `ModelInfer` with BYTES contents; REST sends a multipart upload to `/predict`. \"of ceiling\" divides by the ceiling at {cores} threads. Overhead is the mean end-to-end latency minus the mean time inside Tesseract (from the server's own histogram): decoding, queueing, protocol and the network stack.\n\n| protocol | clients | images/s | of ceiling | p50 ms | p95 ms | p99 ms | not right | overhead ms | load generator CPU s | server RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|",
+        "\n## The server\n\n`tesserve serve --workers {cores}` in one process, `tesserve-load` in another, on loopback. gRPC sends `ModelInfer` with BYTES contents; REST sends a multipart upload to `/predict`. \"of ceiling\" divides by the ceiling at as many threads as clients, at most {cores}. Overhead is the mean end-to-end latency minus the mean time inside Tesseract (from the server's own histogram): decoding, queueing, protocol and the network stack.\n\n| protocol | clients | images/s | of ceiling | p50 ms | p95 ms | p99 ms | not right | overhead ms | load generator CPU s | server RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|",
         cores = results.cores
     );
     for row in &results.load {
@@ -60,7 +59,7 @@ pub fn render(results: &Results, chart: &Path) -> String {
             row.protocol,
             row.concurrency,
             figure(&row.throughput, 2),
-            row.throughput.median() / top,
+            row.throughput.median() / ceiling(row.concurrency.min(results.cores)),
             figure(&row.p50_ms, 1),
             figure(&row.p95_ms, 1),
             figure(&row.p99_ms, 1),
@@ -70,6 +69,13 @@ pub fn render(results: &Results, chart: &Path) -> String {
             row.server_rss_mib.max(),
         );
     }
+    let _ = writeln!(
+        out,
+        "\nSmall images (the 1- and 3-line snippets) at concurrency 1, gRPC: p50 {} ms on the server against {} ms for raw Tesseract on one engine ({:+.1} ms).",
+        figure(&results.small_server_p50_ms, 1),
+        figure(&results.small_ceiling_p50_ms, 1),
+        results.small_server_p50_ms.median() - results.small_ceiling_p50_ms.median()
+    );
     let _ = writeln!(
         out,
         "\n![Throughput against concurrency, with the ceiling]({})\n",
