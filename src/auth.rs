@@ -1,6 +1,7 @@
 //! Who is calling, and whether they may now: API keys (or, without keys, verified client
-//! certificates) name tenants, and each tenant has its own token bucket, so one tenant's burst never spends another's budget. One tower layer on
-//! both listeners; probes, metrics and API descriptions stay open.
+//! certificates) name tenants, and each tenant has its own token bucket, so one tenant's
+//! burst never spends another's budget. One tower layer on both listeners; probes, metrics
+//! and API descriptions stay open.
 
 use std::{
     num::NonZeroU32,

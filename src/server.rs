@@ -1,6 +1,7 @@
 //! The listeners: gRPC on its own port (tonic's HTTP/2 transport), and REST + gRPC together on
-//! the REST port (HTTP/1.1 and h2c); standard health checking that follows readiness, server
-//! reflection (v1 and v1alpha), request ids, and graceful shutdown.
+//! the REST port (HTTP/1.1 and HTTP/2), both plaintext or TLS ([`crate::listener`]); standard
+//! health checking that follows readiness, server reflection (v1 and v1alpha), request ids,
+//! and graceful shutdown.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
