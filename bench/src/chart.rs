@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{coord::types::RangedCoordf64, prelude::*};
 use tesserve::load::render::FONT;
 
 use crate::{Error, Results};
@@ -77,13 +77,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), Error> {
                 .map(|p| Circle::new(p, 4, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     latency(results, &right, widest)?;
     root.present()?;
     Ok(())
@@ -139,12 +133,24 @@ fn latency(
                 });
         }
     }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
+
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series' names in a box, where they hide the least.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> Result<(), Error> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .draw()?;
     Ok(())
 }

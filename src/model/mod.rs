@@ -304,10 +304,8 @@ impl Model {
             .collect();
         let mut results: Vec<Option<OcrResult>> = keys
             .iter()
-            .map(|key| Some((self.cache.as_ref()?, key.as_ref()?)))
-            .map(|found| {
-                let (cache, key) = found?;
-                let mut result = cache.get(key)?;
+            .map(|key| {
+                let mut result = self.cache.as_ref()?.get(key.as_ref()?)?;
                 result.cached = true;
                 result.timings = Default::default();
                 Some(result)
