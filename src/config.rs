@@ -229,8 +229,9 @@ pub struct EngineArgs {
     #[arg(long, env = "TESSERVE_LANG", default_value = DEFAULT_LANG)]
     pub lang: String,
 
-    /// Big pages (2 Mpx and more) arriving while engines are idle are cut along blank rows
-    /// and recognised on several engines at once; `off` always uses one engine per page.
+    /// Big pages (2 Mpx and more) arriving while engines are idle are cut between lines,
+    /// where the page is a single column, and recognised on several engines at once; `off`
+    /// always uses one engine per page.
     #[arg(long, env = "TESSERVE_SPLIT_PAGES", value_enum, default_value_t = SplitPages::Auto)]
     pub split_pages: SplitPages,
 

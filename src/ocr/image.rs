@@ -190,7 +190,7 @@ pub struct Pixels {
 }
 
 impl Pixels {
-    fn from_dynamic(image: DynamicImage) -> Pixels {
+    pub(super) fn from_dynamic(image: DynamicImage) -> Pixels {
         let (width, height) = (image.width(), image.height());
         let (data, channels) = match image {
             DynamicImage::ImageLuma8(buf) => (buf.into_raw(), 1),

@@ -398,9 +398,9 @@ impl Worker {
         if idle == 0 || self.counters.queued.load(Ordering::Acquire) > 0 {
             return None;
         }
-        // Twice as many strips as engines: whoever finishes first takes the next, so one
-        // dense strip does not leave the other engines waiting.
-        let strips = split::plan(pixels, 2 * (1 + idle));
+        // One strip per engine: the strips hold equal ink, and every strip costs Tesseract
+        // some fixed work, so more of them only add time.
+        let strips = split::plan(pixels, 1 + idle);
         (strips.len() > 1).then(|| strips.into_iter().map(|rows| pixels.rows(rows)).collect())
     }
 

@@ -1,7 +1,15 @@
-//! Intra-page parallelism: a big page is cut into horizontal strips along blank rows, the
-//! strips are recognised on several engines at once, and their texts are joined top to
-//! bottom. Cutting only where a whole pixel row is blank never cuts through a line of text,
-//! so each strip reads as its part of the page would have.
+//! Intra-page parallelism: a big page is cut into horizontal strips where the page is a
+//! single column, the strips are recognised on several engines at once, and their texts are
+//! joined top to bottom.
+//!
+//! Where to cut is a small layout analysis of its own, from projection profiles: the page's
+//! inked rows group into lines, a cut may only go through the blank rows between two lines,
+//! and only where none of the lines on either side is part of a column gutter (blank
+//! columns inside the text that several consecutive lines share, as spaces between words
+//! never do). Tesseract reads a multi-column page column by column; cutting across
+//! columns would interleave them, so such a page is cut only where all columns have ended,
+//! or not at all. Cuts are placed so each strip holds about the same amount of ink, since
+//! recognition time follows the text, not the height.
 //!
 //! The engine that decoded the page shares its strips with idle engines through [`Split`]:
 //! helpers take strips while any are left, and the owner takes them too, so a strip never
@@ -25,10 +33,14 @@ use super::{
 
 /// Pages smaller than this are not worth splitting: about an A5 page at 150 dpi.
 pub const MIN_PIXELS: u64 = 2_000_000;
-/// A row counts as blank when every pixel is at least this light.
-const BLANK: u8 = 160;
-/// The fewest blank rows in a row that a cut may go through.
+/// A pixel is ink when any of its colour channels is darker than this.
+const INK: u8 = 160;
+/// The fewest blank rows that separate two lines; closer ink rows belong to one line.
 const MIN_GAP: usize = 4;
+/// Lines on each side of a cut that must be clear of column gutters.
+const NEIGHBOURS: usize = 3;
+/// Consecutive lines whose shared blank columns make a gutter.
+const GUTTER_LINES: usize = 3;
 
 /// Whether a job may be split at all: text and confidence can be joined; words, hOCR and TSV
 /// carry page coordinates and layout that strips would change. Only the page segmentation
@@ -43,43 +55,128 @@ pub fn allowed(options: &OcrOptions, outputs: OutputSet, pixels: &Pixels) -> boo
         && u64::from(pixels.width()) * u64::from(pixels.height()) >= MIN_PIXELS
 }
 
-/// Up to `parts` row ranges covering the page, cut in the middle of blank gaps nearest to
-/// equal heights. Fewer (maybe one) when the page has no suitable gaps.
+/// Up to `parts` row ranges covering the page, holding about equal ink each, cut only in
+/// single-column stretches. Fewer (maybe one) when the page has no safe place to cut.
 pub fn plan(pixels: &Pixels, parts: usize) -> Vec<Range<u32>> {
-    let height = pixels.height() as usize;
-    let row_bytes = pixels.width() as usize * usize::from(pixels.channels());
-    let blank: Vec<bool> = pixels
-        .data()
-        .chunks_exact(row_bytes)
-        .map(|row| row.iter().all(|&value| value >= BLANK))
-        .collect();
-    // The middles of blank runs, away from the page's edges.
-    let mut gaps = Vec::new();
-    let mut run = 0;
-    for (y, &is_blank) in blank.iter().enumerate() {
-        if is_blank {
-            run += 1;
-            continue;
+    let lines = lines(pixels);
+    let gutter = min_gutter(&lines);
+    // Lines in a stretch of consecutive lines that share a gutter: one line alone may have
+    // wide spaces between words, but those do not line up from line to line.
+    let stretch = GUTTER_LINES.min(lines.len()).max(1);
+    let mut in_columns = vec![false; lines.len()];
+    for (first, stretch_lines) in lines.windows(stretch).enumerate() {
+        if has_gutter(stretch_lines, gutter) {
+            in_columns[first..first + stretch].fill(true);
         }
-        if run >= MIN_GAP && y > run {
-            gaps.push(y - run / 2);
-        }
-        run = 0;
     }
-    let mut cuts: Vec<usize> = (1..parts)
-        .filter_map(|i| {
-            let target = height * i / parts;
-            gaps.iter().copied().min_by_key(|gap| gap.abs_diff(target))
+    // Each safe cut, in the middle of its gap, with the ink above it.
+    let mut cuts = Vec::new();
+    let mut ink_above = 0;
+    for (i, pair) in lines.windows(2).enumerate() {
+        ink_above += pair[0].ink;
+        let nearby = (i + 1).saturating_sub(NEIGHBOURS)..(i + 1 + NEIGHBOURS).min(lines.len());
+        if !in_columns[nearby].contains(&true) {
+            let middle = (pair[0].rows.end + pair[1].rows.start) / 2;
+            cuts.push((ink_above, middle));
+        }
+    }
+    let total: u64 = lines.iter().map(|line| line.ink).sum();
+    let mut chosen: Vec<usize> = (1..parts as u64)
+        .filter_map(|k| {
+            let target = total * k / parts as u64;
+            cuts.iter()
+                .min_by_key(|(ink, _)| ink.abs_diff(target))
+                .map(|&(_, row)| row)
         })
         .collect();
-    cuts.sort_unstable();
-    cuts.dedup();
+    chosen.sort_unstable();
+    chosen.dedup();
     let bounds: Vec<u32> = std::iter::once(0)
-        .chain(cuts)
-        .chain(std::iter::once(height))
+        .chain(chosen)
+        .chain(std::iter::once(pixels.height() as usize))
         .map(|y| y as u32)
         .collect();
     bounds.windows(2).map(|pair| pair[0]..pair[1]).collect()
+}
+
+/// Inked rows close enough to read as one line of text (or several touching ones).
+struct Line {
+    rows: Range<usize>,
+    /// Ink pixels in the line: the share of recognition work it brings.
+    ink: u64,
+    /// Which columns hold ink anywhere in the line.
+    columns: Vec<bool>,
+}
+
+/// The page's lines, top to bottom.
+fn lines(pixels: &Pixels) -> Vec<Line> {
+    let width = pixels.width() as usize;
+    let channels = usize::from(pixels.channels());
+    // Alpha, the fourth channel, says nothing about ink.
+    let colours = channels.min(3);
+    let mut lines: Vec<Line> = Vec::new();
+    let mut blank_rows = 0;
+    for (y, row) in pixels.data().chunks_exact(width * channels).enumerate() {
+        let is_ink = |pixel: &[u8]| pixel[..colours].iter().any(|&value| value < INK);
+        if !row.chunks_exact(channels).any(is_ink) {
+            blank_rows += 1;
+            continue;
+        }
+        let line = match lines.last_mut() {
+            Some(line) if blank_rows < MIN_GAP => line,
+            _ => {
+                lines.push(Line {
+                    rows: y..y,
+                    ink: 0,
+                    columns: vec![false; width],
+                });
+                let last = lines.len() - 1;
+                &mut lines[last]
+            }
+        };
+        line.rows.end = y + 1;
+        for (x, pixel) in row.chunks_exact(channels).enumerate() {
+            if is_ink(pixel) {
+                line.columns[x] = true;
+                line.ink += 1;
+            }
+        }
+        blank_rows = 0;
+    }
+    lines
+}
+
+/// The narrowest blank stretch between inked columns that counts as a gutter between text
+/// columns: half the usual line height, wider than the space between words.
+fn min_gutter(lines: &[Line]) -> usize {
+    let mut heights: Vec<usize> = lines.iter().map(|line| line.rows.len()).collect();
+    heights.sort_unstable();
+    let median = heights.get(heights.len() / 2).copied().unwrap_or(0);
+    (median / 2).max(MIN_GAP)
+}
+
+/// Whether `lines` together leave a blank run of at least `gutter` columns between their
+/// leftmost and rightmost ink: text set in columns, a table, or a figure beside the text.
+fn has_gutter(lines: &[Line], gutter: usize) -> bool {
+    let Some(width) = lines.first().map(|line| line.columns.len()) else {
+        return false;
+    };
+    let inked = |x: usize| lines.iter().any(|line| line.columns[x]);
+    let Some(first) = (0..width).find(|&x| inked(x)) else {
+        return false;
+    };
+    let mut blank = 0;
+    for x in first..width {
+        if inked(x) {
+            if blank >= gutter {
+                return true;
+            }
+            blank = 0;
+        } else {
+            blank += 1;
+        }
+    }
+    false
 }
 
 /// One page's strips, shared by the engines recognising them.
@@ -174,5 +271,81 @@ impl Split {
             joined.text = None;
         }
         Ok(joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use image::{DynamicImage, GrayImage, Luma};
+
+    use super::*;
+
+    const LINE: u32 = 30;
+    const PITCH: u32 = 50;
+
+    /// A white page with a line of "words" (dark runs 60 px long, 12 px apart, shifted line by
+    /// line) at each of `lines`: (first row, left column, right column).
+    fn page(lines: &[(u32, u32, u32)]) -> Pixels {
+        let mut page = GrayImage::from_pixel(2000, 1600, Luma([255]));
+        for (n, &(top, left, right)) in lines.iter().enumerate() {
+            for y in top..top + LINE {
+                for x in left..right {
+                    let in_word = (x - left + 17 * n as u32) % 72 < 60;
+                    if in_word {
+                        page.put_pixel(x, y, Luma([0]));
+                    }
+                }
+            }
+        }
+        Pixels::from_dynamic(DynamicImage::ImageLuma8(page))
+    }
+
+    fn rows(from: u32, count: u32) -> impl Iterator<Item = u32> {
+        (0..count).map(move |i| from + i * PITCH)
+    }
+
+    #[test]
+    fn a_single_column_is_cut_between_lines_into_strips_of_equal_ink() {
+        let tops: Vec<u32> = rows(100, 24).collect();
+        let lines: Vec<_> = tops.iter().map(|&top| (top, 100, 1900)).collect();
+        let strips = plan(&page(&lines), 3);
+        assert_eq!(strips.len(), 3, "{strips:?}");
+        for strip in &strips {
+            let inside = tops.iter().filter(|&&top| strip.contains(&top)).count();
+            assert_eq!(inside, 8, "{strips:?}");
+        }
+        for cut in strips.iter().skip(1).map(|strip| strip.start) {
+            assert!(
+                tops.iter().all(|&top| !(top..top + LINE).contains(&cut)),
+                "cut {cut} goes through a line"
+            );
+        }
+    }
+
+    #[test]
+    fn two_columns_side_by_side_are_never_cut() {
+        let lines: Vec<_> = rows(100, 24)
+            .flat_map(|top| [(top, 100, 950), (top, 1000, 1900)])
+            .collect();
+        assert_eq!(plan(&page(&lines), 2), vec![0..1600]);
+    }
+
+    #[test]
+    fn a_page_is_cut_only_where_its_columns_have_ended() {
+        // A full-width heading, two columns, then full-width text again.
+        let heading = rows(100, 2).map(|top| (top, 100, 1900));
+        let columns = rows(200, 12).flat_map(|top| [(top, 100, 950), (top, 1000, 1900)]);
+        let closing = rows(800, 12).map(|top| (top, 100, 1900));
+        let lines: Vec<_> = heading.chain(columns).chain(closing).collect();
+        let strips = plan(&page(&lines), 2);
+        assert_eq!(strips.len(), 2, "{strips:?}");
+        // At least NEIGHBOURS full-width lines between the columns and the cut.
+        let columns_end = 200 + 11 * PITCH + LINE;
+        assert!(strips[1].start >= columns_end + 2 * PITCH, "{strips:?}");
+    }
+
+    #[test]
+    fn a_blank_page_is_one_strip() {
+        assert_eq!(plan(&page(&[]), 4), vec![0..1600]);
     }
 }
