@@ -39,6 +39,10 @@ struct Args {
     #[arg(long, default_value_t = 24)]
     snippets: usize,
 
+    /// Reads of the A4 page per run, on raw Tesseract and on each server.
+    #[arg(long, default_value_t = 3)]
+    page_reads: usize,
+
     /// Requests of the memory-growth run.
     #[arg(long, default_value_t = 10_000)]
     growth_requests: u64,
@@ -133,11 +137,18 @@ pub struct Results {
     /// p50 of small images (1 and 3 lines) at concurrency 1: raw Tesseract, then the server.
     pub small_ceiling_p50_ms: Spread,
     pub small_server_p50_ms: Spread,
+    pub page_reads: usize,
     pub page_ceiling_ms: Spread,
     /// The server, splitting the page across idle engines.
     pub page_split_ms: Spread,
     /// The server with `--split-pages off`.
     pub page_whole_ms: Spread,
+    /// Each run's server figures divided by the same run's raw Tesseract figure.
+    pub page_split_ratio: Spread,
+    pub page_whole_ratio: Spread,
+    /// Pages per second with as many clients as engines, so no engine is idle to help.
+    pub page_split_busy: Spread,
+    pub page_whole_busy: Spread,
     /// Character error rate of the split page's text against the whole page's.
     pub page_split_cer: f64,
 }
@@ -176,6 +187,7 @@ fn run(args: &Args) -> Result<(), Error> {
         seconds: args.seconds,
         snippets: args.snippets,
         growth_requests: args.growth_requests,
+        page_reads: args.page_reads,
         ..Default::default()
     };
 
@@ -201,11 +213,6 @@ fn run(args: &Args) -> Result<(), Error> {
     for _ in 0..args.runs {
         let measured = ceiling::measure(small, tessdata, 1, duration)?;
         results.small_ceiling_p50_ms.push(measured.latency.p50_ms);
-    }
-    for _ in 0..args.runs {
-        // One page: every engine reads at least one image.
-        let page = ceiling::measure(&page, tessdata, 1, Duration::ZERO)?;
-        results.page_ceiling_ms.push(page.latency.mean_ms);
     }
 
     for _ in 0..args.runs {
@@ -280,27 +287,57 @@ fn run(args: &Args) -> Result<(), Error> {
         );
     }
 
-    // The big page alone: split across idle engines (the default) and whole on one engine.
+    // The big page alone, read in turn by raw Tesseract, the server with `--split-pages off`
+    // and the server splitting it (the default), so that drift in the machine's speed hits
+    // all three alike; each run's ratios compare figures taken a few seconds apart.
     let whole = Server::start(&args.bin, cores, &["--split-pages", "off"])?;
-    let page_only = ["--snippets", "0", "--a4-pages", "1", "--requests", "1"];
+    let page_reads = args.page_reads.to_string();
+    let page_only = [
+        "--snippets",
+        "0",
+        "--a4-pages",
+        "1",
+        "--requests",
+        &page_reads,
+    ];
+    let read_page = |server: &Server| -> Result<f64, Error> {
+        let report = load(&args.bin, server, "grpc", 1, 3600.0, &page_only)?;
+        Ok(report["latency"]["all"]["mean_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN))
+    };
+    // Warm-up: the raw engine reads the page once before its timed reads, and so does each
+    // server.
+    read_page(&whole)?;
+    read_page(&server)?;
+    for run in 0..args.runs {
+        let raw = ceiling::repeat(&page[0], tessdata, args.page_reads)?.mean_ms;
+        let (whole_ms, split_ms) = (read_page(&whole)?, read_page(&server)?);
+        eprintln!("page run {run}: raw {raw:.0} ms, off {whole_ms:.0} ms, auto {split_ms:.0} ms");
+        results.page_ceiling_ms.push(raw);
+        results.page_whole_ms.push(whole_ms);
+        results.page_split_ms.push(split_ms);
+        results.page_whole_ratio.push(whole_ms / raw);
+        results.page_split_ratio.push(split_ms / raw);
+    }
+    // With every engine busy, splitting must cost nothing: pages per second with as many
+    // clients as engines, both ways.
+    let busy_requests = (4 * cores).to_string();
+    let busy = [
+        "--snippets",
+        "0",
+        "--a4-pages",
+        "1",
+        "--requests",
+        &busy_requests,
+    ];
     for _ in 0..args.runs {
         for (target, figure) in [
-            (&server, &mut results.page_split_ms),
-            (&whole, &mut results.page_whole_ms),
+            (&whole, &mut results.page_whole_busy),
+            (&server, &mut results.page_split_busy),
         ] {
-            let report = load(
-                &args.bin,
-                target,
-                "grpc",
-                1,
-                args.seconds.max(60.0),
-                &page_only,
-            )?;
-            figure.push(
-                report["latency"]["all"]["mean_ms"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN),
-            );
+            let report = load(&args.bin, target, "grpc", cores, 3600.0, &busy)?;
+            figure.push(report["throughput"].as_f64().unwrap_or(f64::NAN));
         }
     }
     let (split_text, whole_text) = (server.read(&page[0].image)?, whole.read(&page[0].image)?);

@@ -83,13 +83,17 @@ pub fn render(results: &Results, chart: &Path) -> String {
     );
     let _ = writeln!(
         out,
-        "## A big page\n\nOne A4 page at 300 dpi, alone (concurrency 1, gRPC). With `--split-pages auto` (the default) the server cuts it between lines into strips of equal ink (only where the page is a single column) and reads them on all idle engines at once; `off` reads it on one engine, as raw Tesseract does.\n\n| | ms | of one engine |\n|---|---|---|\n| raw Tesseract, one engine | {} | 1.00 |\n| server, `--split-pages off` | {} | {:.2} |\n| server, `--split-pages auto` | {} | {:.2} |\n\nText of the split page against the whole page: {:.2} % character error rate (whitespace runs counted as one space).\n",
+        "## A big page\n\nOne A4 page at 300 dpi, alone (concurrency 1, gRPC), read {} times per run by each in turn; \"of one engine\" is each run's time over the same run's raw Tesseract time. With `--split-pages auto` (the default) the server cuts it between lines into strips of equal ink (only where the page is a single column) and reads them on all idle engines at once; `off` reads it on one engine, as raw Tesseract does.\n\n| | ms | of one engine |\n|---|---|---|\n| raw Tesseract, one engine | {} | 1.00 |\n| server, `--split-pages off` | {} | {} |\n| server, `--split-pages auto` | {} | {} |\n\nText of the split page against the whole page: {:.2} % character error rate (whitespace runs counted as one space).\n\nUnder load, {cores} clients sending pages to {cores} engines (so none is idle to help): {} pages/s with `auto` against {} with `off`.\n",
+        results.page_reads,
         figure(&results.page_ceiling_ms, 0),
         figure(&results.page_whole_ms, 0),
-        results.page_whole_ms.median() / results.page_ceiling_ms.median(),
+        figure(&results.page_whole_ratio, 2),
         figure(&results.page_split_ms, 0),
-        results.page_split_ms.median() / results.page_ceiling_ms.median(),
-        results.page_split_cer * 100.0
+        figure(&results.page_split_ratio, 2),
+        results.page_split_cer * 100.0,
+        figure(&results.page_split_busy, 2),
+        figure(&results.page_whole_busy, 2),
+        cores = results.cores,
     );
     let _ = writeln!(
         out,

@@ -40,6 +40,19 @@ struct Decoded {
     height: i32,
 }
 
+fn decode(sample: &Sample) -> Result<Decoded, CeilingError> {
+    let image = image::load_from_memory(&sample.image).map_err(|e| CeilingError::Decode {
+        name: sample.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let gray = image.to_luma8();
+    Ok(Decoded {
+        width: gray.width() as i32,
+        height: gray.height() as i32,
+        gray: gray.into_raw(),
+    })
+}
+
 /// Runs `threads` engines over `samples` for `duration`, taking the images in turn from one
 /// shared sequence, as the load generator sends them.
 pub fn measure(
@@ -48,22 +61,7 @@ pub fn measure(
     threads: usize,
     duration: Duration,
 ) -> Result<Ceiling, CeilingError> {
-    let decoded = samples
-        .iter()
-        .map(|sample| {
-            let image =
-                image::load_from_memory(&sample.image).map_err(|e| CeilingError::Decode {
-                    name: sample.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            let gray = image.to_luma8();
-            Ok(Decoded {
-                width: gray.width() as i32,
-                height: gray.height() as i32,
-                gray: gray.into_raw(),
-            })
-        })
-        .collect::<Result<Vec<_>, CeilingError>>()?;
+    let decoded = samples.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
     // Engines load before the clock starts: the server's load before it reports ready.
     let loaded = Barrier::new(threads + 1);
@@ -95,6 +93,29 @@ pub fn measure(
     })
 }
 
+/// One engine, set up as the server sets up its own, so both do the same work: automatic
+/// page segmentation.
+fn engine(tessdata: &Path) -> Result<TesseractAPI, CeilingError> {
+    let api = TesseractAPI::new();
+    api.init(tessdata, "eng")
+        .and_then(|()| api.set_variable("debug_file", "/dev/null"))
+        .and_then(|()| api.set_page_seg_mode(TessPageSegMode::PSM_AUTO))
+        .map_err(|_| CeilingError::Tesseract("load eng".into()))?;
+    Ok(api)
+}
+
+/// Recognises `image` once; how long that took.
+fn read(api: &TesseractAPI, image: &Decoded) -> Result<Duration, CeilingError> {
+    let fail = |what: &str| CeilingError::Tesseract(what.to_owned());
+    let started = Instant::now();
+    api.set_image(&image.gray, image.width, image.height, 1, image.width)
+        .map_err(|_| fail("set the image"))?;
+    api.get_utf8_text().map_err(|_| fail("recognise"))?;
+    let took = started.elapsed();
+    let _ = api.clear();
+    Ok(took)
+}
+
 /// One engine taking the next image of the set until `duration` has passed (at least one
 /// image); the time of each.
 fn engine_loop(
@@ -104,28 +125,29 @@ fn engine_loop(
     loaded: &Barrier,
     duration: Duration,
 ) -> Result<Vec<Duration>, CeilingError> {
-    let fail = |what: &str| CeilingError::Tesseract(what.to_owned());
-    let api = TesseractAPI::new();
-    // The server's defaults, so both do the same work: automatic page segmentation.
-    let ready = api
-        .init(tessdata, "eng")
-        .and_then(|()| api.set_variable("debug_file", "/dev/null"))
-        .and_then(|()| api.set_page_seg_mode(TessPageSegMode::PSM_AUTO));
+    let api = engine(tessdata);
     // Every thread reaches the barrier, loaded or not, so none waits forever.
     loaded.wait();
-    ready.map_err(|_| fail("load eng"))?;
+    let api = api?;
     let until = Instant::now() + duration;
     let mut latencies = Vec::new();
     loop {
         let image = &set[next.fetch_add(1, Ordering::Relaxed) % set.len()];
-        let started = Instant::now();
-        api.set_image(&image.gray, image.width, image.height, 1, image.width)
-            .map_err(|_| fail("set the image"))?;
-        api.get_utf8_text().map_err(|_| fail("recognise"))?;
-        latencies.push(started.elapsed());
-        let _ = api.clear();
+        latencies.push(read(&api, image)?);
         if Instant::now() >= until {
             return Ok(latencies);
         }
     }
+}
+
+/// One engine reading `sample` `times` times, after one read to warm it up (as a server has
+/// read something before it is measured); the time of each.
+pub fn repeat(sample: &Sample, tessdata: &Path, times: usize) -> Result<Latency, CeilingError> {
+    let image = decode(sample)?;
+    let api = engine(tessdata)?;
+    read(&api, &image)?;
+    let latencies = (0..times)
+        .map(|_| read(&api, &image))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Latency::of(latencies))
 }
