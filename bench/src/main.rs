@@ -40,7 +40,7 @@ struct Args {
     snippets: usize,
 
     /// Reads of the A4 page per run, on raw Tesseract and on each server.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     page_reads: usize,
 
     /// Requests of the memory-growth run.

@@ -27,6 +27,7 @@ pub const QUEUE_CAPACITY: &str = "tesserve_queue_capacity";
 pub const QUEUE_PUSHED: &str = "tesserve_queue_pushed_total";
 pub const QUEUE_POPPED: &str = "tesserve_queue_popped_total";
 pub const JOBS_DROPPED: &str = "tesserve_jobs_dropped_total";
+pub const PAGES_SPLIT: &str = "tesserve_pages_split_total";
 pub const WORKERS: &str = "tesserve_workers";
 pub const ENGINES_BUSY: &str = "tesserve_engines_busy";
 pub const ENGINES_LOADED: &str = "tesserve_engines_loaded";
@@ -99,6 +100,7 @@ impl Exporter {
         ] {
             counter!(JOBS_DROPPED, "reason" => reason).absolute(count as u64);
         }
+        counter!(PAGES_SPLIT).absolute(pool.pages_split() as u64);
         for (lang, count) in pool.engines_loaded() {
             gauge!(ENGINES_LOADED, "lang" => lang).set(count as f64);
         }
@@ -149,6 +151,10 @@ fn describe() {
     describe_counter!(
         JOBS_DROPPED,
         "Images dropped before or during recognition, by reason."
+    );
+    describe_counter!(
+        PAGES_SPLIT,
+        "Pages recognised in strips on several engines at once (--split-pages auto)."
     );
     describe_gauge!(WORKERS, "Engine worker threads.");
     describe_gauge!(ENGINES_BUSY, "Workers running Tesseract now.");
