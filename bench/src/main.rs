@@ -176,7 +176,7 @@ fn run(args: &Args) -> Result<(), Error> {
         .ok_or("no eng.traineddata found: install tesseract-ocr-eng")?;
     let renderer = Renderer::new()?;
     let snippets = images::snippets(&renderer, args.snippets)?;
-    let page = vec![images::a4_page(&renderer, 0)?];
+    let page = images::a4_page(&renderer, 0)?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut results = Results {
         machine: machine(),
@@ -311,7 +311,7 @@ fn run(args: &Args) -> Result<(), Error> {
     read_page(&whole)?;
     read_page(&server)?;
     for run in 0..args.runs {
-        let raw = ceiling::repeat(&page[0], tessdata, args.page_reads)?.mean_ms;
+        let raw = ceiling::repeat(&page, tessdata, args.page_reads)?.mean_ms;
         let (whole_ms, split_ms) = (read_page(&whole)?, read_page(&server)?);
         eprintln!("page run {run}: raw {raw:.0} ms, off {whole_ms:.0} ms, auto {split_ms:.0} ms");
         results.page_ceiling_ms.push(raw);
@@ -340,7 +340,7 @@ fn run(args: &Args) -> Result<(), Error> {
             figure.push(report["throughput"].as_f64().unwrap_or(f64::NAN));
         }
     }
-    let (split_text, whole_text) = (server.read(&page[0].image)?, whole.read(&page[0].image)?);
+    let (split_text, whole_text) = (server.read(&page.image)?, whole.read(&page.image)?);
     results.page_split_cer =
         images::distance(&split_text, &whole_text) as f64 / whole_text.len().max(1) as f64;
     drop(whole);

@@ -25,8 +25,8 @@ pub fn render(results: &Results, chart: &Path) -> String {
     };
     let _ = writeln!(
         out,
-        "# Benchmarks\n\nWritten by `make bench` (`tesserve-bench {}`); do not edit by hand.\n",
-        results.args
+        "# Benchmarks\n\nWritten by `make bench` (`{}`); do not edit by hand.\n",
+        format!("tesserve-bench {}", results.args).trim_end()
     );
     let _ = writeln!(
         out,

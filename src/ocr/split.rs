@@ -60,8 +60,8 @@ pub fn allowed(options: &OcrOptions, outputs: OutputSet, pixels: &Pixels) -> boo
 pub fn plan(pixels: &Pixels, parts: usize) -> Vec<Range<u32>> {
     let lines = lines(pixels);
     let gutter = min_gutter(&lines);
-    // Lines in a stretch of consecutive lines that share a gutter: one line alone may have
-    // wide spaces between words, but those do not line up from line to line.
+    // A line is in columns when it and its neighbours share a gutter. One line alone may
+    // have wide spaces between words, but those do not line up from line to line.
     let stretch = GUTTER_LINES.min(lines.len()).max(1);
     let mut in_columns = vec![false; lines.len()];
     for (first, stretch_lines) in lines.windows(stretch).enumerate() {
@@ -114,10 +114,10 @@ fn lines(pixels: &Pixels) -> Vec<Line> {
     let channels = usize::from(pixels.channels());
     // Alpha, the fourth channel, says nothing about ink.
     let colours = channels.min(3);
+    let is_ink = |pixel: &[u8]| pixel[..colours].iter().any(|&value| value < INK);
     let mut lines: Vec<Line> = Vec::new();
     let mut blank_rows = 0;
     for (y, row) in pixels.data().chunks_exact(width * channels).enumerate() {
-        let is_ink = |pixel: &[u8]| pixel[..colours].iter().any(|&value| value < INK);
         if !row.chunks_exact(channels).any(is_ink) {
             blank_rows += 1;
             continue;
