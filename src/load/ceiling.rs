@@ -141,7 +141,7 @@ fn engine_loop(
 }
 
 /// One engine reading `sample` `times` times, after one read to warm it up (as a server has
-/// read something before it is measured); the time of each.
+/// read something before it is measured); the spread of those times.
 pub fn repeat(sample: &Sample, tessdata: &Path, times: usize) -> Result<Latency, CeilingError> {
     let image = decode(sample)?;
     let api = engine(tessdata)?;
