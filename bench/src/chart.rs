@@ -35,24 +35,11 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), Error> {
     let root = BitMapBackend::new(path, (1400, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(760);
-    let mut chart = ChartBuilder::on(&left)
-        .caption(
-            format!(
-                "tesserve throughput, {} cores ({})",
-                results.cores, results.commit
-            ),
-            ("sans-serif", 22),
-        )
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.5f64..widest + 0.5, 0f64..most)?;
-    chart
-        .configure_mesh()
-        .x_desc("concurrent clients")
-        .y_desc("images / s (median)")
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let caption = format!(
+        "tesserve throughput, {} cores ({})",
+        results.cores, results.commit
+    );
+    let mut chart = panel(&left, &caption, widest, most, "images / s (median)")?;
     chart
         .draw_series(LineSeries::new(
             [(0.5, ceiling), (widest + 0.5, ceiling)],
@@ -83,29 +70,20 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn latency(
-    results: &Results,
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    widest: f64,
-) -> Result<(), Error> {
+fn latency(results: &Results, area: &Area<'_>, widest: f64) -> Result<(), Error> {
     let slowest = results
         .load
         .iter()
         .map(|row| row.p99_ms.median())
         .fold(1.0, f64::max)
         * 1.15;
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency of right answers", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.5f64..widest + 0.5, 0f64..slowest)?;
-    chart
-        .configure_mesh()
-        .x_desc("concurrent clients")
-        .y_desc("ms (median of runs)")
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let mut chart = panel(
+        area,
+        "latency of right answers",
+        widest,
+        slowest,
+        "ms (median of runs)",
+    )?;
     for (protocol, color) in [("grpc", BLUE), ("rest", RED)] {
         let rows: Vec<_> = results
             .load
@@ -137,8 +115,32 @@ fn latency(
     Ok(())
 }
 
+type Area<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
 type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel with a grid: concurrent clients across, `up` from 0 to `top`.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    widest: f64,
+    top: f64,
+    up: &str,
+) -> Result<Chart<'a, 'b>, Error> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.5f64..widest + 0.5, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc(up)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    Ok(chart)
+}
 
 /// The series' names in a box, where they hide the least.
 fn legend<'a, 'b: 'a>(
