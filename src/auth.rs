@@ -11,35 +11,49 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use axum::body::Body;
 use futures::future::{BoxFuture, FutureExt};
 use governor::{clock::Clock, DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use metrics::counter;
+use http::{header, HeaderValue, Request, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::{telemetry::metrics::REJECTED, tls::Peer};
-
-/// The tenant of requests when no API keys are configured and none is named.
-pub const ANONYMOUS: &str = "anonymous";
+use crate::{
+    failure::{self, Failure, Reason},
+    identity::{Peer, Tenant, ANONYMOUS},
+};
 /// Beyond this many remembered anonymous tenants, idle buckets are forgotten.
 const MAX_REMEMBERED_TENANTS: usize = 10_000;
 
 /// Paths that never need a key and are never rate limited: probes, metrics, descriptions.
-const OPEN_PATHS: &[&str] = &[
-    "/",
-    "/healthz",
-    "/metrics",
-    "/openapi.json",
-    "/docs",
-    "/v2/health/live",
-    "/v2/health/ready",
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-];
-const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+/// The server derives them from what it serves (the OpenAPI document's `security(())`
+/// operations, the gRPC health and reflection services); this layer only matches them.
+#[derive(Clone, Debug, Default)]
+pub struct OpenPaths {
+    /// `/v2/models/{model}/ready`: a `{...}` segment matches any one segment.
+    templates: Vec<Vec<String>>,
+}
+
+impl OpenPaths {
+    pub fn new(paths: impl IntoIterator<Item = String>) -> OpenPaths {
+        let templates = paths
+            .into_iter()
+            .map(|path| path.split('/').map(str::to_owned).collect())
+            .collect();
+        OpenPaths { templates }
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.templates.iter().any(|template| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(want, got)| {
+                    want == got || (want.starts_with('{') && want.ends_with('}') && !got.is_empty())
+                })
+        })
+    }
+}
 
 /// A token bucket: `rps` tokens a second, at most `burst` saved up.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -149,16 +163,8 @@ pub struct AuthConfig {
     pub client_certificates: bool,
 }
 
-/// The tenant a request was served for, put in the response's extensions for the access log.
-#[derive(Clone, Debug)]
-pub struct Tenant {
-    pub name: String,
-    /// Named by an API key, so one of a fixed set (fit for a metrics label); otherwise the
-    /// client's own claim.
-    pub authenticated: bool,
-}
-
 struct Policy {
+    open: OpenPaths,
     client_certificates: bool,
     keys: Option<Vec<(KeyEntry, Option<DefaultDirectRateLimiter>)>>,
     default: Option<DefaultKeyedRateLimiter<String>>,
@@ -170,7 +176,7 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    pub fn new(config: AuthConfig) -> AuthLayer {
+    pub fn new(config: AuthConfig, open: OpenPaths) -> AuthLayer {
         let keys = config.keys.map(|entries| {
             entries
                 .into_iter()
@@ -189,6 +195,7 @@ impl AuthLayer {
             .map(governor::RateLimiter::keyed);
         AuthLayer {
             policy: Arc::new(Policy {
+                open,
                 client_certificates: config.client_certificates,
                 keys,
                 default,
@@ -220,7 +227,7 @@ enum Refusal {
     MissingKey,
     WrongKey,
     RateLimited {
-        tenant: String,
+        tenant: Tenant,
         retry_after: Duration,
     },
 }
@@ -267,11 +274,12 @@ impl Policy {
             }
             (None, None) => Ok(()),
         };
+        let tenant = Tenant {
+            name: tenant,
+            authenticated: self.keys.is_some() || self.client_certificates,
+        };
         match checked {
-            Ok(()) => Ok(Tenant {
-                name: tenant,
-                authenticated: self.keys.is_some() || self.client_certificates,
-            }),
+            Ok(()) => Ok(tenant),
             Err(not_until) => Err(Refusal::RateLimited {
                 retry_after: not_until
                     .wait_time_from(governor::clock::DefaultClock::default().now()),
@@ -296,52 +304,25 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn is_open(path: &str) -> bool {
-    OPEN_PATHS.contains(&path)
-        || OPEN_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
-        || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
-}
-
-/// Response bodies the layer can answer with by itself.
-pub trait RefusalBody: Default {
-    fn text(text: String) -> Self;
-}
-
-impl RefusalBody for axum::body::Body {
-    fn text(text: String) -> Self {
-        axum::body::Body::from(text)
-    }
-}
-
-impl RefusalBody for tonic::body::Body {
-    fn text(text: String) -> Self {
-        tonic::body::Body::new(http_body_util::Full::new(Bytes::from(text)))
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for Auth<S>
+impl<S, B> Service<Request<B>> for Auth<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
-    RB: RefusalBody + Send + 'static,
 {
-    type Response = Response<RB>;
+    type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<RB>, S::Error>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if is_open(request.uri().path()) {
+        if self.policy.open.contains(request.uri().path()) {
             return self.inner.call(request).boxed();
         }
-        let grpc = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = failure::is_grpc(&request);
         match self.policy.admit(&request) {
             Ok(tenant) => {
                 // Downstream sees the tenant the key belongs to, not a claim.
@@ -365,70 +346,34 @@ where
     }
 }
 
-fn refuse<RB: RefusalBody>(refusal: Refusal, grpc: bool) -> Response<RB> {
-    let authenticated = matches!(refusal, Refusal::RateLimited { .. });
-    let (reason, status, code, message, retry_after, tenant) = match refusal {
-        Refusal::NoClientCertificate => (
-            "unauthenticated",
-            StatusCode::UNAUTHORIZED,
-            tonic::Code::Unauthenticated,
-            "a client certificate is required (mutual TLS)".to_owned(),
-            None,
-            None,
+fn refuse(refusal: Refusal, grpc: bool) -> Response<Body> {
+    let failure = match refusal {
+        Refusal::NoClientCertificate => Failure::new(
+            Reason::Unauthenticated,
+            "a client certificate is required (mutual TLS)",
         ),
-        Refusal::MissingKey => (
-            "unauthenticated",
-            StatusCode::UNAUTHORIZED,
-            tonic::Code::Unauthenticated,
-            "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`".to_owned(),
-            None,
-            None,
+        Refusal::MissingKey => Failure::new(
+            Reason::Unauthenticated,
+            "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
         ),
-        Refusal::WrongKey => (
-            "unauthenticated",
-            StatusCode::UNAUTHORIZED,
-            tonic::Code::Unauthenticated,
-            "invalid API key".to_owned(),
-            None,
-            None,
-        ),
+        Refusal::WrongKey => Failure::new(Reason::Unauthenticated, "invalid API key"),
         Refusal::RateLimited {
             tenant,
             retry_after,
-        } => (
-            "rate_limited",
-            StatusCode::TOO_MANY_REQUESTS,
-            tonic::Code::ResourceExhausted,
-            format!("rate limit of tenant '{tenant}' exceeded; retry after {retry_after:.2?}"),
-            Some(retry_after.as_secs() + 1),
-            Some(tenant),
-        ),
+        } => {
+            let message = format!(
+                "rate limit of tenant '{}' exceeded; retry after {retry_after:.2?}",
+                tenant.name
+            );
+            let mut response = Failure::new(Reason::RateLimited, message)
+                .retry_after(retry_after)
+                .respond(grpc);
+            // The access log names whose budget was spent.
+            response.extensions_mut().insert(tenant);
+            return response;
+        }
     };
-    counter!(REJECTED, "reason" => reason).increment(1);
-    let mut response = if grpc {
-        tonic::Status::new(code, message).into_http::<RB>()
-    } else {
-        let body = serde_json::json!({ "error": message }).to_string();
-        let mut response = Response::new(RB::text(body));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
-    };
-    if let Some(seconds) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if let Some(name) = tenant {
-        response.extensions_mut().insert(Tenant {
-            name,
-            authenticated,
-        });
-    }
-    response
+    failure.respond(grpc)
 }
 
 /// The digest a keys file holds for `key`: `printf %s "$KEY" | sha256sum` gives the same.
@@ -469,22 +414,32 @@ mod tests {
     }
 
     #[test]
-    fn probes_and_metrics_stay_open() {
+    fn open_paths_match_templates_segment_by_segment() {
+        let open = OpenPaths::new(
+            [
+                "/healthz",
+                "/v2/models/{model}/ready",
+                "/grpc.health.v1.Health/Check",
+            ]
+            .map(str::to_owned),
+        );
         for path in [
             "/healthz",
-            "/metrics",
-            "/v2/health/ready",
             "/v2/models/ocr/ready",
+            "/v2/models/anything/ready",
             "/grpc.health.v1.Health/Check",
         ] {
-            assert!(is_open(path), "{path}");
+            assert!(open.contains(path), "{path}");
         }
         for path in [
-            "/predict",
+            "/healthz/x",
             "/v2/models/ocr/infer",
-            "/inference.GRPCInferenceService/ModelInfer",
+            "/v2/models//ready",
+            "/v2/models/a/b/ready",
+            "/grpc.health.v1.Health/Watch",
+            "/",
         ] {
-            assert!(!is_open(path), "{path}");
+            assert!(!open.contains(path), "{path}");
         }
     }
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::{
     config::{HealthcheckArgs, OcrArgs},
-    model::{Admission, InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL},
+    model::{Admission, InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL_NAME},
     ocr::{EnginePool, ImageInput, OutputKind},
     oip::pb::{grpc_inference_service_client::GrpcInferenceServiceClient, ServerReadyRequest},
 };
@@ -34,7 +34,12 @@ pub enum CommandError {
 /// Recognises each file and prints its text (or one JSON object per line with `--json`).
 pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
     let pool = EnginePool::start(args.engine.validate()?)?;
-    let model = Model::new(DEFAULT_MODEL.to_owned(), pool, Admission::default(), None);
+    let model = Model::new(
+        DEFAULT_MODEL_NAME.to_owned(),
+        pool,
+        Admission::default(),
+        None,
+    );
     model.pool().wait_ready().await?;
     let mut options = model.options_builder();
     if let Some(psm) = args.psm {

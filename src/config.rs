@@ -19,13 +19,18 @@ use crate::{
     ocr::{ImageLimits, Languages, PoolConfig},
     tls::{Tls, TlsError, TlsFiles},
 };
+pub use crate::{
+    model::DEFAULT_MODEL_NAME,
+    oip::rest::RestConfig,
+    server::{ConnectionLimits, ServeConfig, Shutdown},
+    telemetry::LogFormat,
+};
 
 pub const DEFAULT_BIND: &str = "0.0.0.0";
 /// KServe's convention for the gRPC (h2c) port.
 pub const DEFAULT_GRPC_PORT: u16 = 8081;
 /// KServe's convention for the REST port.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
-pub const DEFAULT_MODEL_NAME: &str = "ocr";
 pub const DEFAULT_LANG: &str = "eng";
 /// Room for a few large scans in one request; tonic's own default is 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -86,13 +91,6 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Auto,
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,49 +313,6 @@ pub enum ConfigError {
     Keys(#[from] KeysFileError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
-}
-
-/// A validated `serve` configuration.
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub model_name: String,
-    pub max_message_bytes: usize,
-    pub admission: Admission,
-    /// Budget of the result cache; 0: no cache.
-    pub cache_bytes: usize,
-    pub auth: AuthConfig,
-    /// `None`: plaintext (HTTP/2 cleartext for gRPC), as behind a mesh sidecar.
-    pub tls: Option<Tls>,
-    pub connections: ConnectionLimits,
-    pub shutdown: Shutdown,
-    pub rest: RestConfig,
-    pub pool: PoolConfig,
-}
-
-/// What one connection may cost the server.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
-    pub max_concurrent_streams: u32,
-}
-
-/// How the server stops on SIGTERM.
-#[derive(Clone, Copy, Debug)]
-pub struct Shutdown {
-    pub grace: Duration,
-    pub timeout: Duration,
-}
-
-/// What the REST side needs beyond the model.
-#[derive(Clone, Debug)]
-pub struct RestConfig {
-    pub max_body_bytes: usize,
-    pub max_upload_files: usize,
-    /// Lower-case host names image URLs may point at; empty disables URL fetching.
-    pub url_fetch_hosts: Vec<String>,
 }
 
 impl ServeArgs {

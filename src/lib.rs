@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod failure;
+pub mod identity;
 pub mod listener;
 pub mod load;
 pub mod model;

@@ -4,12 +4,18 @@
 
 use std::{
     io,
+    net::SocketAddr,
+    num::NonZeroU32,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, LazyLock,
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use metrics::counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -20,8 +26,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
+    identity::Peer,
     telemetry::metrics::TLS_HANDSHAKE_FAILURES,
-    tls::{self, Peer, Tls},
+    tls::{self, Tls},
 };
 
 /// Connections handed to the server but not yet taken by it.
@@ -103,26 +110,39 @@ async fn accept(
         let acceptor = tls.acceptor();
         let connections = connections.clone();
         tokio::spawn(async move {
-            let failure =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = connections.send(Ok(Connection::tls(stream))).await;
-                        return;
-                    }
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => format!("no handshake within {handshake_timeout:?}"),
-                };
-            counter!(TLS_HANDSHAKE_FAILURES).increment(1);
-            tracing::debug!(%remote, error = %failure, "TLS handshake failed");
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = connections.send(Ok(Connection::tls(stream))).await;
+                }
+                Ok(Err(error)) => refused(remote, tls::handshake_failure(&error), &error),
+                Err(_) => {
+                    let error = format!("no handshake within {handshake_timeout:?}");
+                    refused(remote, "timeout", &error);
+                }
+            }
         });
     }
 }
 
-impl tonic::transport::server::Connected for Connection {
-    type ConnectInfo = Peer;
+/// Refused handshakes logged at once before the log is rate limited, and then per second.
+const REFUSAL_LOG_BURST: u32 = 10;
 
-    fn connect_info(&self) -> Peer {
-        self.peer.clone()
+/// A refused handshake: counted always, logged at `warn` (with how many were not logged since
+/// the last line) at most [`REFUSAL_LOG_BURST`] at once and one a second after that, so a
+/// scanner cannot flood the log.
+fn refused(remote: SocketAddr, reason: &'static str, error: &dyn std::fmt::Display) {
+    static LOG_BUDGET: LazyLock<DefaultDirectRateLimiter> = LazyLock::new(|| {
+        let burst = NonZeroU32::new(REFUSAL_LOG_BURST).unwrap_or(NonZeroU32::MIN);
+        RateLimiter::direct(Quota::per_second(NonZeroU32::MIN).allow_burst(burst))
+    });
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+
+    counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+    if LOG_BUDGET.check().is_ok() {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(%remote, reason, %error, unlogged, "TLS handshake refused");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,15 +1,12 @@
-//! The listeners: gRPC on its own port (tonic's HTTP/2 transport), and REST + gRPC together on
-//! the REST port (HTTP/1.1 and HTTP/2), both plaintext or TLS ([`crate::listener`]); standard
-//! health checking that follows readiness, server reflection (v1 and v1alpha), request ids,
-//! and graceful shutdown.
+//! The listeners, served by one stack: the gRPC port (HTTP/2 only) and the REST port (HTTP/1.1
+//! and HTTP/2, REST and gRPC together) are the same hyper server with the same tower layers in
+//! the same order and the same limits; only the protocols they accept and the routes they
+//! carry differ. Both are plaintext or TLS ([`crate::listener`]). Also: standard health checking
+//! that follows readiness, server reflection (v1 and v1alpha), request ids, graceful shutdown.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{
-    http::{header, HeaderMap},
-    response::{IntoResponse, Response},
-};
-use futures::TryFutureExt;
+use axum::response::Response;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -30,19 +27,54 @@ use tower_http::{
 };
 
 use crate::{
-    auth::AuthLayer,
-    config::{ConnectionLimits, ServeConfig, Shutdown},
+    auth::{AuthConfig, AuthLayer, OpenPaths},
+    failure::{self, Failure, Reason},
     listener::{self, Connection},
-    model::{Model, NotReady, ResultCache},
-    ocr::{EnginePool, PoolError},
+    model::{Admission, Model, NotReady, ResultCache},
+    ocr::{EnginePool, PoolConfig, PoolError},
     oip::{
-        grpc::OipService,
-        pb::{self, grpc_inference_service_server::GrpcInferenceServiceServer},
-        rest,
+        grpc::{self, OipService},
+        pb::grpc_inference_service_server::GrpcInferenceServiceServer,
+        rest::{self, RestConfig},
+        DESCRIPTOR_SETS,
     },
     telemetry::AccessLayer,
     tls::Tls,
 };
+
+/// A validated `serve` configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub model_name: String,
+    pub max_message_bytes: usize,
+    pub admission: Admission,
+    /// Budget of the result cache; 0: no cache.
+    pub cache_bytes: usize,
+    pub auth: AuthConfig,
+    /// `None`: plaintext (HTTP/2 cleartext for gRPC), as behind a mesh sidecar.
+    pub tls: Option<Tls>,
+    pub connections: ConnectionLimits,
+    pub shutdown: Shutdown,
+    pub rest: RestConfig,
+    pub pool: PoolConfig,
+}
+
+/// What one connection may cost the server, on either port.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+/// How the server stops on SIGTERM.
+#[derive(Clone, Copy, Debug)]
+pub struct Shutdown {
+    pub grace: Duration,
+    pub timeout: Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -55,8 +87,6 @@ pub enum ServeError {
     Pool(#[from] PoolError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -102,43 +132,32 @@ impl Server {
             health: health_service,
             max_message_bytes: config.max_message_bytes,
         };
-        let auth = AuthLayer::new(config.auth);
+        let rest = rest::router(model.clone(), config.rest);
+        let open = OpenPaths::new(rest.open_paths.iter().cloned().chain(grpc::open_methods()));
+        let auth = AuthLayer::new(config.auth, open);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-
-        // The gRPC port: HTTP/2 only, tonic's own transport.
-        // tonic applies the first layer outermost: the id is set before it is logged.
-        let router = tonic::transport::Server::builder()
-            .max_concurrent_streams(config.connections.max_concurrent_streams)
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(AccessLayer)
-            .layer(auth.clone())
-            .add_routes(grpc.routes()?);
         let handshake_timeout = config.connections.header_read_timeout;
-        let incoming = listener::incoming(grpc_listener, config.tls.clone(), handshake_timeout);
-        let grpc_task = tokio::spawn(
-            router
-                .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()))
-                .map_err(ServeError::from),
-        );
+        let incoming =
+            |listener| listener::incoming(listener, config.tls.clone(), handshake_timeout);
 
-        // The REST port: HTTP/1.1 and h2c, REST and gRPC on one listener.
-        // axum applies the last layer outermost.
-        let app = grpc
-            .routes()?
-            .into_axum_router()
-            .merge(rest::router(model.clone(), config.rest))
-            .fallback(fallback)
-            .layer(auth)
-            .layer(AccessLayer)
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
-        let http_task = tokio::spawn(serve_http(
-            listener::incoming(http_listener, config.tls.clone(), handshake_timeout),
-            app,
+        // The gRPC port: gRPC only, over HTTP/2 only.
+        let grpc_app = stack(grpc.routes()?.into_axum_router(), auth.clone());
+        let grpc_task = tokio::spawn(serve(
+            incoming(grpc_listener),
+            grpc_app,
+            Protocols::Http2Only,
+            config.connections,
+            stopped(shutdown_rx.clone()),
+        ));
+        // The REST port: REST and gRPC, over HTTP/1.1 and HTTP/2.
+        let http_app = grpc.routes()?.into_axum_router().merge(rest.router);
+        let http_task = tokio::spawn(serve(
+            incoming(http_listener),
+            stack(http_app, auth),
+            Protocols::Any,
             config.connections,
             stopped(shutdown_rx),
         ));
@@ -234,9 +253,10 @@ impl GrpcServices {
     fn routes(&self) -> Result<Routes, ServeError> {
         // grpcurl up to 1.8.7, Postman and Python's grpcio-reflection speak only v1alpha.
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            DESCRIPTOR_SETS.iter().fold(
+                tonic_reflection::server::Builder::configure(),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
         };
         let oip = GrpcInferenceServiceServer::new(OipService::new(self.model.clone()))
             .max_decoding_message_size(self.max_message_bytes)
@@ -250,15 +270,41 @@ impl GrpcServices {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one listener, with the connection limits, until `stop`; then
-/// lets open connections finish their requests.
-async fn serve_http(
+/// The layers every request passes, outermost first: its id is set, then propagated to the
+/// response, then the access log and trace span see it, then auth decides; unknown paths get a
+/// classified 404 / UNIMPLEMENTED. One function, so both ports apply them in one order.
+fn stack(routes: axum::Router, auth: AuthLayer) -> axum::Router {
+    // axum applies the last layer outermost.
+    routes
+        .fallback(fallback)
+        .layer(auth)
+        .layer(AccessLayer)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// What a port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocols {
+    /// HTTP/1.1 and HTTP/2 (with prior knowledge or ALPN).
+    Any,
+    /// HTTP/2 only: what gRPC clients speak.
+    Http2Only,
+}
+
+/// Serves one listener with the connection limits until `stop`; then lets open connections
+/// finish their requests.
+async fn serve(
     mut incoming: impl Stream<Item = std::io::Result<Connection>> + Unpin,
     app: axum::Router,
+    protocols: Protocols,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Http2Only {
+        builder = builder.http2_only();
+    }
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -305,15 +351,10 @@ async fn serve_http(
 }
 
 /// Unknown paths: UNIMPLEMENTED for gRPC callers, a JSON 404 for everyone else.
-async fn fallback(headers: HeaderMap) -> Response {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if grpc {
-        tonic::Status::unimplemented("no such gRPC method").into_http()
-    } else {
-        rest::not_found().await.into_response()
+async fn fallback(request: axum::extract::Request) -> Response {
+    match failure::is_grpc(&request) {
+        true => Failure::new(Reason::Unimplemented, "no such gRPC method").respond(true),
+        false => rest::not_found().into_http(),
     }
 }
 

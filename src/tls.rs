@@ -6,7 +6,12 @@
 //! With a client CA, a client that presents a certificate must present one the CA signed, or
 //! the handshake fails. A client may present none: probes, metrics and API descriptions stay
 //! reachable for kubelet and Prometheus, and every other request is refused as
-//! UNAUTHENTICATED / 401 by the auth layer, which sees the [`Peer`] of each request.
+//! UNAUTHENTICATED / 401 by the auth layer, which sees the [`crate::identity::Peer`] of each
+//! request.
+//!
+//! Certificates are checked by webpki: X.509 v3 only (a v1 certificate fails with
+//! `UnsupportedCertVersion`), and a client certificate that lists extended key usages must
+//! list client authentication.
 
 use std::{
     fmt,
@@ -20,7 +25,7 @@ use rustls::{
     crypto::aws_lc_rs,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::WebPkiClientVerifier,
-    RootCertStore, ServerConfig,
+    CertificateError, RootCertStore, ServerConfig,
 };
 use tokio_rustls::TlsAcceptor;
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
@@ -56,14 +61,6 @@ pub enum TlsError {
     Mismatch(rustls::Error),
     #[error("client CA {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
-}
-
-/// The caller at the other end of a connection, put in each request's extensions.
-#[derive(Clone, Debug, Default)]
-pub struct Peer {
-    /// The verified client certificate's identity: its first URI SAN (a SPIFFE id under
-    /// Istio), else DNS name, else e-mail, else the subject's common name.
-    pub identity: Option<Arc<str>>,
 }
 
 /// The live TLS configuration of the server.
@@ -298,6 +295,50 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
             .iter_common_name()
             .find_map(|cn| cn.as_str().ok().map(str::to_owned))
     })
+}
+
+/// Why a handshake failed, as a label from a small fixed set: what an operator needs to tell
+/// a wrong certificate from a network fault, and never text the client chose.
+pub fn handshake_failure(error: &std::io::Error) -> &'static str {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            std::io::ErrorKind::InvalidData => "protocol",
+            _ => "io",
+        };
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(certificate) => match certificate {
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_valid_yet"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::BadEncoding => "bad_encoding",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
+            CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::UnsupportedCertVersion) => "unsupported_cert_version",
+                _ => "bad_certificate",
+            },
+            _ => "bad_certificate",
+        },
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        // The client refused ours (an unknown CA, a wrong name).
+        rustls::Error::AlertReceived(_) => "refused_by_client",
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::NoApplicationProtocol => "protocol",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use std::{
 use tokio::sync::Semaphore;
 
 pub use self::cache::{Key, ResultCache};
-pub use self::error::{ErrorKind, InferError};
+pub use self::error::InferError;
 pub use self::params::{OptionsBuilder, ParamValue};
 pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
 
-use ::metrics::{counter, histogram};
+use ::metrics::{counter, gauge, histogram};
 use tracing::Instrument;
 
 use crate::{
@@ -38,7 +38,7 @@ pub const PLATFORM: &str = "tesseract";
 /// The only version of the model; requests may name it or leave the version empty.
 pub const VERSION: &str = "1";
 /// The name the model is served under unless configured otherwise.
-pub const DEFAULT_MODEL: &str = crate::config::DEFAULT_MODEL_NAME;
+pub const DEFAULT_MODEL_NAME: &str = "ocr";
 /// The model's one input.
 pub const INPUT_NAME: &str = "image";
 
@@ -198,6 +198,32 @@ impl Model {
         self.overloaded.store(overloaded, Ordering::Release);
     }
 
+    /// Sets the gauges and counters that mirror the pool's state. Called when Prometheus
+    /// scrapes, so the request path pays nothing for them.
+    pub fn export_metrics(&self) {
+        let pool = &self.pool;
+        gauge!(metrics::QUEUE_DEPTH).set(pool.queued() as f64);
+        gauge!(metrics::QUEUE_CAPACITY).set(pool.capacity() as f64);
+        gauge!(metrics::WORKERS).set(pool.workers() as f64);
+        gauge!(metrics::ENGINES_BUSY).set(pool.busy() as f64);
+        gauge!(metrics::READY).set(if self.is_ready() { 1.0 } else { 0.0 });
+        let (pushed, popped) = pool.pushed_popped();
+        counter!(metrics::QUEUE_PUSHED).absolute(pushed as u64);
+        counter!(metrics::QUEUE_POPPED).absolute(popped as u64);
+        let dropped = pool.dropped();
+        for (reason, count) in [
+            ("abandoned", dropped.abandoned),
+            ("expired", dropped.expired),
+            ("cancelled", dropped.cancelled),
+        ] {
+            counter!(metrics::JOBS_DROPPED, "reason" => reason).absolute(count as u64);
+        }
+        counter!(metrics::PAGES_SPLIT).absolute(pool.pages_split() as u64);
+        for (lang, count) in pool.engines_loaded() {
+            gauge!(metrics::ENGINES_LOADED, "lang" => lang).set(count as f64);
+        }
+    }
+
     /// The options a request starts from before its parameters apply.
     pub fn default_options(&self) -> OcrOptions {
         OcrOptions::new(self.pool.default_lang().clone())
@@ -251,10 +277,7 @@ impl Model {
                 }
                 counter!(metrics::IMAGES).increment(response.results.len() as u64);
             }
-            Err(error) => {
-                self.stats.record_failure(elapsed);
-                counter!(metrics::REJECTED, "reason" => error.reason()).increment(1);
-            }
+            Err(_) => self.stats.record_failure(elapsed),
         }
         histogram!(metrics::KSERVE_PREDICT, "model_name" => self.name.clone())
             .record(elapsed.as_secs_f64());
@@ -285,7 +308,10 @@ impl Model {
                 .inspect(limits)
                 .map_err(|source| InferError::Image { index, source })?;
         }
-        let cap = self.admission.request_timeout.map(|t| Instant::now() + t);
+        let cap = self
+            .admission
+            .request_timeout
+            .and_then(|t| deadline_after(Instant::now(), t));
         let deadline = earliest(request.deadline, cap);
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(InferError::DeadlineExceeded);
@@ -370,6 +396,13 @@ impl Model {
             results,
         })
     }
+}
+
+/// The instant `timeout` after `from`. Timeouts come from clients (`grpc-timeout`,
+/// `x-request-timeout`, Triton's `timeout`), so one too far away to represent is no deadline
+/// at all rather than an overflow; the server's `--request-timeout` still bounds the request.
+pub fn deadline_after(from: Instant, timeout: Duration) -> Option<Instant> {
+    from.checked_add(timeout)
 }
 
 /// The sooner of two optional deadlines.

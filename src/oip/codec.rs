@@ -81,10 +81,10 @@ pub fn decode(
     apply_params(&mut options, "request parameter", &request.parameters)?;
     let tensor_place = format!("input '{INPUT_NAME}' parameter");
     apply_params(&mut options, &tensor_place, &input.parameters)?;
-    let deadline = model::earliest(
-        deadline,
-        options.timeout().map(|timeout| Instant::now() + timeout),
-    );
+    let asked = options
+        .timeout()
+        .and_then(|timeout| model::deadline_after(Instant::now(), timeout));
+    let deadline = model::earliest(deadline, asked);
 
     Ok(InferRequest {
         id: request.id,

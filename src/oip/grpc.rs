@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     codec::infer,
@@ -15,7 +15,8 @@ use super::{
     EXTENSIONS, SERVER_NAME,
 };
 use crate::{
-    model::{ErrorKind, InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
+    failure::Failure,
+    model::{InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
     telemetry::Arrived,
 };
@@ -99,7 +100,7 @@ impl GrpcInferenceService for OipService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let deadline = grpc_deadline(&request);
+        let deadline = grpc_deadline(&request)?;
         let response = infer(&self.model, request.into_inner(), deadline)
             .await
             .map_err(status)?;
@@ -114,7 +115,7 @@ impl GrpcInferenceService for OipService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<StreamInferResponses>, Status> {
-        let deadline = grpc_deadline(&request);
+        let deadline = grpc_deadline(&request)?;
         let model = self.model.clone();
         let concurrency = model.pool().workers();
         let responses = request
@@ -130,7 +131,7 @@ impl GrpcInferenceService for OipService {
                             infer_response: Some(response),
                         },
                         Err(error) => pb::ModelStreamInferResponse {
-                            error_message: error.client_message(),
+                            error_message: Failure::from(error).message().to_owned(),
                             infer_response: Some(pb::ModelInferResponse {
                                 model_name,
                                 id,
@@ -265,6 +266,17 @@ impl GrpcInferenceService for OipService {
     }
 }
 
+/// gRPC methods anyone may call, like the REST probes: health checking, reflection, and
+/// server liveness and readiness.
+pub fn open_methods() -> impl Iterator<Item = String> {
+    super::grpc_methods().filter(|method| {
+        method.starts_with("/grpc.health.")
+            || method.starts_with("/grpc.reflection.")
+            || method.ends_with("/ServerLive")
+            || method.ends_with("/ServerReady")
+    })
+}
+
 /// KServe clients put the model name in field 1, Triton clients in field 2.
 fn repository_model_name<'a>(model_name: &'a str, repository_name: &'a str) -> &'a str {
     if model_name.is_empty() {
@@ -274,24 +286,9 @@ fn repository_model_name<'a>(model_name: &'a str, repository_name: &'a str) -> &
     }
 }
 
-/// The one mapping from inference errors to gRPC statuses.
+/// An inference error as a gRPC status, through the one classification.
 pub fn status(error: InferError) -> Status {
-    let code = match error.kind() {
-        ErrorKind::InvalidArgument => Code::InvalidArgument,
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
-        ErrorKind::Cancelled => Code::Cancelled,
-        ErrorKind::Internal => Code::Internal,
-    };
-    let mut status = Status::new(code, error.client_message());
-    if code == Code::Unavailable {
-        status.metadata_mut().insert(
-            "retry-after",
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-    }
-    status
+    Failure::from(error).into_status()
 }
 
 /// The most the server's deadline runs ahead of the client's; see [`grpc_deadline`].
@@ -301,15 +298,29 @@ const DEADLINE_HEADROOM: Duration = Duration::from_millis(50);
 /// CANCELLED with no work stopped; read here, the work is cancelled and the answer is
 /// DEADLINE_EXCEEDED. The server gives up a little (10 %, at most 50 ms) before the client does,
 /// so that answer arrives before the client's own timer fires, counting from when the request
-/// arrived (tonic's own timer starts then too), not from when its body was decoded.
-pub fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let timeout = parse_grpc_timeout(value)?;
+/// arrived (the client's timer starts then too), not from when its body was decoded. A
+/// malformed `grpc-timeout` is refused rather than ignored: the client believes it is bounded.
+pub fn grpc_deadline<T>(request: &Request<T>) -> Result<Option<Instant>, Failure> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let timeout = value
+        .to_str()
+        .ok()
+        .and_then(parse_grpc_timeout)
+        .ok_or_else(|| {
+            Failure::invalid(
+                "metadata grpc-timeout must be at most 8 digits and a unit (H, M, S, m, u, n)",
+            )
+        })?;
     let arrived = request
         .extensions()
         .get::<Arrived>()
         .map_or_else(Instant::now, |arrived| arrived.0);
-    Some(arrived + timeout - (timeout / 10).min(DEADLINE_HEADROOM))
+    Ok(crate::model::deadline_after(
+        arrived,
+        timeout - (timeout / 10).min(DEADLINE_HEADROOM),
+    ))
 }
 
 /// `grpc-timeout` is at most 8 digits and a unit: H, M, S, m (ms), u (µs), n (ns).
@@ -320,8 +331,8 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len() - 1);
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
@@ -348,6 +359,8 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5s"), None);
         assert_eq!(parse_grpc_timeout("-5S"), None);
     }
+
+    use tonic::Code;
 
     #[test]
     fn every_error_kind_has_its_code() {

@@ -5,8 +5,10 @@
 
 use std::{
     cell::RefCell,
+    collections::HashSet,
     future::Future,
     pin::Pin,
+    sync::LazyLock,
     task::{Context, Poll},
     time::Instant,
 };
@@ -20,52 +22,46 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{IN_FLIGHT, REQUESTS, REQUEST_DURATION};
-use crate::auth::{Tenant, ANONYMOUS};
+use crate::identity::{Tenant, ANONYMOUS};
 
 tokio::task_local! {
-    /// What the model saw of the current request, for its access-log line.
-    static NOTE: RefCell<Option<InferenceNote>>;
+    /// What the layers below saw of the current request, for its access-log line.
+    static NOTE: RefCell<Note>;
 }
 
 #[derive(Clone, Debug, Default)]
-struct InferenceNote {
+struct Note {
     model: String,
     images: usize,
     bytes: usize,
+    /// The reason of the failure the request was answered with, from the one classification.
+    outcome: Option<&'static str>,
 }
 
 /// Called by the model for the access log: which model the request reached, how many images
 /// it carried and their bytes. A no-op outside a request (the `ocr` subcommand).
 pub fn note_inference(model: &str, images: usize, bytes: usize) {
     let _ = NOTE.try_with(|note| {
-        *note.borrow_mut() = Some(InferenceNote {
-            model: model.to_owned(),
-            images,
-            bytes,
-        })
+        let mut note = note.borrow_mut();
+        note.model = model.to_owned();
+        note.images = images;
+        note.bytes = bytes;
     });
 }
 
-/// gRPC methods with a name of their own in metrics; any other path counts as `unknown`, so
-/// clients cannot mint label values.
-const GRPC_METHODS: &[&str] = &[
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-    "/inference.GRPCInferenceService/ModelReady",
-    "/inference.GRPCInferenceService/ServerMetadata",
-    "/inference.GRPCInferenceService/ModelMetadata",
-    "/inference.GRPCInferenceService/ModelInfer",
-    "/inference.GRPCInferenceService/ModelStreamInfer",
-    "/inference.GRPCInferenceService/ModelConfig",
-    "/inference.GRPCInferenceService/ModelStatistics",
-    "/inference.GRPCInferenceService/RepositoryIndex",
-    "/inference.GRPCInferenceService/RepositoryModelLoad",
-    "/inference.GRPCInferenceService/RepositoryModelUnload",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
+/// Called by [`crate::failure`] when it answers: the access log and the request metrics then
+/// say what the client was told, not a guess from the status code.
+pub fn note_outcome(outcome: &'static str) {
+    let _ = NOTE.try_with(|note| note.borrow_mut().outcome = Some(outcome));
+}
+
+/// gRPC methods with a name of their own in metrics, read from the descriptors the server
+/// serves; any other path counts as `unknown`, so clients cannot mint label values.
+fn grpc_methods() -> &'static HashSet<String> {
+    static METHODS: LazyLock<HashSet<String>> =
+        LazyLock::new(|| crate::oip::grpc_methods().collect());
+    &METHODS
+}
 
 /// When a request reached the server, in its extensions: deadlines count from here.
 #[derive(Clone, Copy, Debug)]
@@ -126,7 +122,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(request).instrument(span);
-        Box::pin(NOTE.scope(RefCell::new(None), async move {
+        Box::pin(NOTE.scope(RefCell::default(), async move {
             let mut record = record;
             let result = future.await;
             if let Ok(response) = &result {
@@ -161,7 +157,7 @@ impl Record {
             .is_some_and(|v| v.starts_with("application/grpc"));
         let path = request.uri().path();
         let endpoint = if grpc {
-            let known = GRPC_METHODS.contains(&path);
+            let known = grpc_methods().contains(path);
             if known { path } else { "unknown" }.to_owned()
         } else {
             request
@@ -192,9 +188,15 @@ impl Record {
                 self.tenant_label.clone_from(&tenant.name);
             }
         }
-        let (outcome, status) = match self.protocol {
+        let (guessed, status) = match self.protocol {
             "grpc" => grpc_outcome(response.headers()),
             _ => http_outcome(response.status().as_u16()),
+        };
+        let noted = NOTE.try_with(|n| n.borrow().outcome).ok().flatten();
+        // A success status with a noted failure is a stream whose error follows in trailers.
+        let outcome = match (guessed, noted) {
+            ("ok", _) | (_, None) => guessed,
+            (_, Some(noted)) => noted,
         };
         self.emit(outcome, status);
     }
@@ -202,11 +204,7 @@ impl Record {
     fn emit(&mut self, outcome: &'static str, status: i64) {
         self.done = true;
         gauge!(IN_FLIGHT).decrement(1);
-        let note = NOTE
-            .try_with(|n| n.borrow_mut().take())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let note = NOTE.try_with(|n| n.take()).unwrap_or_default();
         let latency = self.started.elapsed();
         let payload_size = match note.bytes {
             0 => self.content_length.unwrap_or(0),

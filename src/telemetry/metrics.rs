@@ -2,15 +2,14 @@
 //!
 //! Names follow Prometheus conventions: a `tesserve_` namespace, base units as suffixes,
 //! `_total` on counters. Queue depth, busy engines and the like are read from the pool when
-//! Prometheus scrapes, so the request path pays nothing for them; pushed/popped counters
-//! beside the depth gauge show the spikes a scrape interval hides.
+//! Prometheus scrapes ([`crate::model::Model::export_metrics`]), so the request path pays
+//! nothing for them; pushed/popped counters beside the depth gauge show the spikes a scrape
+//! interval hides. This module names and describes; it depends on nothing else here.
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::model::Model;
 
 pub const REQUESTS: &str = "tesserve_requests_total";
 pub const REQUEST_DURATION: &str = "tesserve_request_duration_seconds";
@@ -80,30 +79,10 @@ fn install() -> Option<Exporter> {
 }
 
 impl Exporter {
-    /// The text exposition, with the pool's state read now.
-    pub fn render(&self, model: &Model) -> String {
+    /// The text exposition. Gauges read from elsewhere (the model's) are set by their owners
+    /// before this is called.
+    pub fn render(&self) -> String {
         self.process.collect();
-        let pool = model.pool();
-        gauge!(QUEUE_DEPTH).set(pool.queued() as f64);
-        gauge!(QUEUE_CAPACITY).set(pool.capacity() as f64);
-        gauge!(WORKERS).set(pool.workers() as f64);
-        gauge!(ENGINES_BUSY).set(pool.busy() as f64);
-        gauge!(READY).set(if model.is_ready() { 1.0 } else { 0.0 });
-        let (pushed, popped) = pool.pushed_popped();
-        counter!(QUEUE_PUSHED).absolute(pushed as u64);
-        counter!(QUEUE_POPPED).absolute(popped as u64);
-        let dropped = pool.dropped();
-        for (reason, count) in [
-            ("abandoned", dropped.abandoned),
-            ("expired", dropped.expired),
-            ("cancelled", dropped.cancelled),
-        ] {
-            counter!(JOBS_DROPPED, "reason" => reason).absolute(count as u64);
-        }
-        counter!(PAGES_SPLIT).absolute(pool.pages_split() as u64);
-        for (lang, count) in pool.engines_loaded() {
-            gauge!(ENGINES_LOADED, "lang" => lang).set(count as f64);
-        }
         self.handle.run_upkeep();
         self.handle.render()
     }
@@ -176,7 +155,7 @@ fn describe() {
     describe_counter!(TLS_RELOADS, "TLS certificate reloads, by outcome.");
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
-        "TLS handshakes that failed or timed out."
+        "TLS handshakes refused, by reason (unknown_issuer, expired, timeout, protocol, ...)."
     );
     describe_histogram!(
         KSERVE_PREDICT,

@@ -11,7 +11,7 @@ use axum::{
         rejection::QueryRejection,
         Query, State,
     },
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     response::{IntoResponse, Response},
     Json,
 };
@@ -21,10 +21,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    json_param, parse_json, request_deadline, request_id, RawBody, RestError, RestState,
+    body_failure, json_param, parse_json, request_deadline, request_id, RawBody, RestState,
     SharedState,
 };
 use crate::{
+    failure::{Failure, Reason},
     model::{self, InferRequest},
     ocr::{ImageInput, OcrResult, OutputKind},
 };
@@ -103,13 +104,15 @@ pub(super) async fn recognize(
     headers: &HeaderMap,
     images: Vec<ImageInput>,
     params: &[(String, Value)],
-) -> Result<Vec<Prediction>, RestError> {
+) -> Result<Vec<Prediction>, Failure> {
     let mut options = state.model.options_builder();
     for (name, value) in params {
         let value = json_param(value, || format!("parameter '{name}'"))?;
         options.apply("parameter", name, value)?;
     }
-    let asked = options.timeout().map(|timeout| Instant::now() + timeout);
+    let asked = options
+        .timeout()
+        .and_then(|timeout| model::deadline_after(Instant::now(), timeout));
     let deadline = model::earliest(asked, request_deadline(headers)?);
     let request = InferRequest {
         id: String::new(),
@@ -133,7 +136,7 @@ pub async fn predict(
     headers: HeaderMap,
     query: Result<Query<GatewayQuery>, QueryRejection>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     upload(&state, "file", &headers, query, multipart).await
 }
 
@@ -148,7 +151,7 @@ pub async fn gateway_ocr(
     headers: HeaderMap,
     query: Result<Query<GatewayQuery>, QueryRejection>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     upload(&state, "image_file", &headers, query, multipart).await
 }
 
@@ -160,10 +163,18 @@ async fn upload(
     headers: &HeaderMap,
     query: Result<Query<GatewayQuery>, QueryRejection>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     let started = Instant::now();
-    let Query(query) = query.map_err(|e| RestError::bad_request(e.body_text()))?;
-    let mut multipart = multipart.map_err(|e| RestError::new(e.status(), e.body_text()))?;
+    let Query(query) = query.map_err(|e| Failure::invalid(e.body_text()))?;
+    let mut multipart = multipart.map_err(|e| {
+        Failure::new(
+            Reason::UnsupportedMediaType,
+            format!(
+                "expected a multipart/form-data upload (curl -F {file_field}=@page.png): {}",
+                e.body_text()
+            ),
+        )
+    })?;
     let max_bytes = state.model.pool().limits().max_bytes;
     let max_files = state.config.max_upload_files;
 
@@ -176,15 +187,15 @@ async fn upload(
         let name = field.name().unwrap_or_default().to_owned();
         if name == file_field {
             if images.len() == max_files {
-                return Err(RestError::bad_request(format!(
+                return Err(Failure::invalid(format!(
                     "at most {max_files} files per upload"
                 )));
             }
             let mut file = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                 if file.len() + chunk.len() > max_bytes {
-                    return Err(RestError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
+                    return Err(Failure::new(
+                        Reason::TooLarge,
                         format!(
                             "file {} in field '{file_field}' is over the limit of {max_bytes} bytes",
                             images.len()
@@ -202,7 +213,7 @@ async fn upload(
         }
     }
     if images.is_empty() {
-        return Err(RestError::bad_request(format!(
+        return Err(Failure::invalid(format!(
             "no file in multipart field '{file_field}' (send it with curl -F {file_field}=@page.png)"
         )));
     }
@@ -234,8 +245,8 @@ fn gateway_results(
         .collect()
 }
 
-fn multipart_error(error: MultipartError) -> RestError {
-    RestError::new(
+fn multipart_error(error: MultipartError) -> Failure {
+    body_failure(
         error.status(),
         format!("multipart body: {}", error.body_text()),
     )
@@ -262,7 +273,7 @@ pub async fn read_ocr(
     State(state): State<SharedState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<GatewayResult>, RestError> {
+) -> Result<Json<GatewayResult>, Failure> {
     let started = Instant::now();
     let request: ReadOcrRequest = parse_json(&body)?;
     let image = match request.image.trim() {
@@ -282,17 +293,17 @@ pub async fn read_ocr(
         .next();
     result
         .map(Json)
-        .ok_or_else(|| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "no result"))
+        .ok_or_else(|| Failure::internal("read_ocr: the model returned no result"))
 }
 
 /// Plain base64 or a `data:<type>;base64,<data>` URL.
-fn decode_base64(data: &str) -> Result<Bytes, RestError> {
+fn decode_base64(data: &str) -> Result<Bytes, Failure> {
     let payload = match data.strip_prefix("data:") {
         Some(url) => url
             .split_once(";base64,")
             .map(|(_, payload)| payload)
             .ok_or_else(|| {
-                RestError::bad_request("image: a data URL must be base64 (data:<type>;base64,...)")
+                Failure::invalid("image: a data URL must be base64 (data:<type>;base64,...)")
             })?,
         None => data,
     };
@@ -300,16 +311,16 @@ fn decode_base64(data: &str) -> Result<Bytes, RestError> {
     base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map(Bytes::from)
-        .map_err(|e| RestError::bad_request(format!("image: not valid base64: {e}")))
+        .map_err(|e| Failure::invalid(format!("image: not valid base64: {e}")))
 }
 
 const ALLOWED_CONFIG: &str = "--psm N, --dpi N, -l LANG, -c tessedit_char_whitelist=CHARS, \
                               -c preserve_interword_spaces=0|1";
 
 /// Translates the allow-listed Tesseract command-line options into model parameters.
-fn config_params(config: &str) -> Result<Vec<(String, Value)>, RestError> {
+fn config_params(config: &str) -> Result<Vec<(String, Value)>, Failure> {
     let refuse = |option: &str| {
-        RestError::bad_request(format!(
+        Failure::invalid(format!(
             "config option '{option}' is not allowed (allowed: {ALLOWED_CONFIG})"
         ))
     };
@@ -321,9 +332,9 @@ fn config_params(config: &str) -> Result<Vec<(String, Value)>, RestError> {
             _ => (token, None),
         };
         let mut value = || {
-            inline.or_else(|| tokens.next()).ok_or_else(|| {
-                RestError::bad_request(format!("config option '{option}' needs a value"))
-            })
+            inline
+                .or_else(|| tokens.next())
+                .ok_or_else(|| Failure::invalid(format!("config option '{option}' needs a value")))
         };
         let (name, value) = match option {
             "--psm" => ("psm", value()?),
@@ -375,23 +386,22 @@ impl UrlFetcher {
         }
     }
 
-    async fn fetch(&self, url: &str) -> Result<Bytes, RestError> {
+    async fn fetch(&self, url: &str) -> Result<Bytes, Failure> {
         let Some(client) = &self.client else {
-            return Err(RestError::bad_request(
+            return Err(Failure::invalid(
                 "image: fetching URLs is disabled on this server (see --allow-url-fetch); send base64",
             ));
         };
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| RestError::bad_request(format!("image: bad URL: {e}")))?;
+            .map_err(|e| Failure::invalid(format!("image: bad URL: {e}")))?;
         let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         if !self.hosts.contains(&host) {
-            return Err(RestError::bad_request(format!(
+            return Err(Failure::invalid(format!(
                 "image: host '{host}' is not in this server's --allow-url-fetch list"
             )));
         }
-        let upstream = |reason: String| {
-            RestError::new(StatusCode::BAD_GATEWAY, format!("image: {url}: {reason}"))
-        };
+        let upstream =
+            |reason: String| Failure::new(Reason::Upstream, format!("image: {url}: {reason}"));
         let mut response = client
             .get(parsed)
             .send()
@@ -401,8 +411,8 @@ impl UrlFetcher {
             return Err(upstream(format!("answered {}", response.status())));
         }
         let too_large = || {
-            RestError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::new(
+                Reason::TooLarge,
                 format!("image: {url} is over the limit of {} bytes", self.max_bytes),
             )
         };
@@ -456,9 +466,9 @@ mod tests {
         ] {
             let err = config_params(refused).unwrap_err();
             assert!(
-                err.message.contains("is not allowed"),
+                err.message().contains("is not allowed"),
                 "{refused}: {}",
-                err.message
+                err.message()
             );
         }
         assert!(config_params("--psm").is_err());

@@ -8,28 +8,41 @@ mod v1;
 mod v2;
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequest, Path, Request, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::{rejection::PathRejection, DefaultBodyLimit, FromRequest, Path, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Json, Router,
+    routing::post,
+    Extension, Json, Router,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    config::RestConfig,
-    model::{ErrorKind, InferError, Model, ParamValue, TensorSpec, INPUT, PLATFORM, VERSION},
+    failure::{Failure, Reason},
+    model::{Model, ParamValue, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
     oip::{EXTENSIONS, SERVER_NAME},
 };
+
+/// What the REST side needs beyond the model.
+#[derive(Clone, Debug)]
+pub struct RestConfig {
+    pub max_body_bytes: usize,
+    pub max_upload_files: usize,
+    /// Lower-case host names image URLs may point at; empty disables URL fetching.
+    pub url_fetch_hosts: Vec<String>,
+}
 
 /// Shared by every REST handler.
 pub struct RestState {
@@ -40,8 +53,16 @@ pub struct RestState {
 
 pub type SharedState = Arc<RestState>;
 
-/// The REST routes, without a fallback (the server adds one that also knows gRPC).
-pub fn router(model: Arc<Model>, config: RestConfig) -> Router {
+/// The REST side: its routes (without a fallback: the server adds one that also knows gRPC),
+/// and the paths its OpenAPI document marks as needing no credentials.
+pub struct Rest {
+    pub router: Router,
+    pub open_paths: Vec<String>,
+}
+
+/// Every REST route, each registered together with its OpenAPI description, so the document,
+/// the index and the auth layer's open paths all come from the router.
+pub fn router(model: Arc<Model>, config: RestConfig) -> Rest {
     let fetcher =
         gateway::UrlFetcher::new(&config.url_fetch_hosts, model.pool().limits().max_bytes);
     let body_limit = config.max_body_bytes;
@@ -50,76 +71,59 @@ pub fn router(model: Arc<Model>, config: RestConfig) -> Router {
         config,
         fetcher,
     });
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::spec))
-        .route("/docs", get(openapi::docs))
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(model_version_metadata),
-        )
-        .route("/v2/models/{model}/ready", get(model_ready))
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            get(model_version_ready),
-        )
-        .route("/v2/models/{model}/infer", post(v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(v2::infer_version),
-        )
-        .route(
-            "/v1/models/{model}",
-            get(v1::model_status).post(v1::predict),
-        )
-        .route("/predict", post(gateway::predict))
-        .route("/gateway/ocr", post(gateway::gateway_ocr))
-        .route("/read_ocr", post(gateway::read_ocr))
+    // Routes whose path names a model: a model or version this server does not serve is a
+    // 404 before anything reads the body.
+    let per_model = OpenApiRouter::new()
+        .routes(routes!(model_metadata))
+        .routes(routes!(model_version_metadata))
+        .routes(routes!(model_ready))
+        .routes(routes!(model_version_ready))
+        .routes(routes!(v2::infer))
+        .routes(routes!(v2::infer_version))
+        .routes(routes!(v1::model_status))
+        .route("/v1/models/{model}", post(v1::predict))
+        .route_layer(middleware::from_fn_with_state(state.clone(), served_model));
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(index))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::spec))
+        .routes(routes!(openapi::docs))
+        .routes(routes!(server_metadata))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .merge(per_model)
+        .routes(routes!(gateway::predict))
+        .routes(routes!(gateway::gateway_ocr))
+        .routes(routes!(gateway::read_ocr))
+        .split_for_parts();
+    let open_paths = openapi::open_paths(&document);
+    let router = router
+        .layer(Extension(Arc::new(document)))
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    Rest { router, open_paths }
 }
 
-/// An error as REST clients expect it: a status and `{"error": "..."}` as `application/json`.
-#[derive(Debug)]
-pub struct RestError {
-    status: StatusCode,
-    message: String,
-}
-
-impl RestError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> RestError {
-        RestError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> RestError {
-        RestError::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-/// The one mapping from inference errors to HTTP statuses.
-impl From<InferError> for RestError {
-    fn from(error: InferError) -> RestError {
-        let status = match error.kind() {
-            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            // Nobody reads it; nginx's "client closed request".
-            ErrorKind::Cancelled => {
-                StatusCode::from_u16(499).unwrap_or(StatusCode::REQUEST_TIMEOUT)
-            }
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        RestError::new(status, error.client_message())
+/// Answers 404 for a model or version the path names and this server does not serve, before
+/// the handler reads anything, as Triton and KServe do.
+async fn served_model(
+    State(state): State<SharedState>,
+    params: Result<Path<HashMap<String, String>>, PathRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Path(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return Failure::invalid(rejection.body_text()).into_http(),
+    };
+    let model = params.get("model").map_or("", String::as_str);
+    // KServe v1 puts the verb in the model's segment: `ocr:predict`.
+    let model = model.split_once(':').map_or(model, |(model, _)| model);
+    let version = params.get("version").map_or("", String::as_str);
+    match state.model.resolve(model, version) {
+        Ok(()) => next.run(request).await,
+        Err(error) => Failure::from(error).into_http(),
     }
 }
 
@@ -130,43 +134,33 @@ pub struct ErrorBody {
     error: String,
 }
 
-impl IntoResponse for RestError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
 /// The raw request body. A body over the limit is a JSON 413, like every other error.
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = RestError;
+    type Rejection = Failure;
 
-    async fn from_request(request: Request, state: &S) -> Result<RawBody, RestError> {
+    async fn from_request(request: Request, state: &S) -> Result<RawBody, Failure> {
         Bytes::from_request(request, state)
             .await
             .map(RawBody)
-            .map_err(|e| RestError::new(e.status(), e.body_text()))
+            .map_err(|e| body_failure(e.status(), e.body_text()))
+    }
+}
+
+/// A body that could not be read: over the limit, or it stalled or broke off.
+pub fn body_failure(status: StatusCode, text: String) -> Failure {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Failure::new(Reason::TooLarge, text),
+        _ => Failure::invalid(format!("request body: {text}")),
     }
 }
 
 /// Parses a JSON body whatever its Content-Type says: tritonclient.http sends none and curl's
 /// `-d` sends a form type.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RestError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| {
-        RestError::bad_request(format!(
+        Failure::invalid(format!(
             "request body is not valid JSON for this endpoint: {e}"
         ))
     })
@@ -177,7 +171,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rest
 pub fn json_param<'a>(
     value: &'a Value,
     label: impl FnOnce() -> String,
-) -> Result<ParamValue<'a>, RestError> {
+) -> Result<ParamValue<'a>, Failure> {
     Ok(match value {
         Value::Bool(b) => ParamValue::Bool(*b),
         Value::String(s) => ParamValue::Str(s),
@@ -187,7 +181,7 @@ pub fn json_param<'a>(
             _ => ParamValue::Double(n.as_f64().unwrap_or(f64::NAN)),
         },
         other => {
-            return Err(RestError::bad_request(format!(
+            return Err(Failure::invalid(format!(
                 "{} must be a string, number or boolean, not {other}",
                 label()
             )))
@@ -195,12 +189,9 @@ pub fn json_param<'a>(
     })
 }
 
-/// JSON for paths no route serves.
-pub async fn not_found() -> RestError {
-    RestError::new(
-        StatusCode::NOT_FOUND,
-        "no such endpoint; see GET / for the list",
-    )
+/// The answer for paths no route serves.
+pub fn not_found() -> Failure {
+    Failure::new(Reason::NotFound, "no such endpoint; see GET / for the list")
 }
 
 /// The request id the request-id layer assigned (the client's `x-request-id`, or a new UUID).
@@ -217,37 +208,23 @@ pub struct Index {
     name: &'static str,
     version: &'static str,
     model: String,
-    /// Every endpoint, `METHOD /path`.
-    endpoints: Vec<&'static str>,
+    /// Every endpoint, `METHOD /path`, from the OpenAPI document.
+    endpoints: Vec<String>,
 }
 
-const ENDPOINTS: &[&str] = &[
-    "GET /healthz",
-    "GET /metrics",
-    "GET /openapi.json",
-    "GET /docs",
-    "GET /v2",
-    "GET /v2/health/live",
-    "GET /v2/health/ready",
-    "GET /v2/models/{model}[/versions/{version}]",
-    "GET /v2/models/{model}[/versions/{version}]/ready",
-    "POST /v2/models/{model}[/versions/{version}]/infer",
-    "GET /v1/models/{model}",
-    "POST /v1/models/{model}:predict",
-    "POST /predict",
-    "POST /gateway/ocr",
-    "POST /read_ocr",
-    "gRPC inference.GRPCInferenceService/*",
-];
-
-#[utoipa::path(get, path = "/", tag = "service",
+#[utoipa::path(get, path = "/", security(()), tag = "service",
     responses((status = 200, description = "What this server is and its endpoints", body = Index)))]
-async fn index(State(state): State<SharedState>) -> Json<Index> {
+async fn index(
+    State(state): State<SharedState>,
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<Index> {
+    let mut endpoints = openapi::endpoints(&document);
+    endpoints.push("gRPC inference.GRPCInferenceService/*".to_owned());
     Json(Index {
         name: SERVER_NAME,
         version: env!("CARGO_PKG_VERSION"),
         model: state.model.name().to_owned(),
-        endpoints: ENDPOINTS.to_vec(),
+        endpoints,
     })
 }
 
@@ -259,20 +236,20 @@ pub struct Healthz {
     reason: Option<String>,
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "service",
+#[utoipa::path(get, path = "/metrics", security(()), tag = "service",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(state): State<SharedState>) -> Response {
     match crate::telemetry::metrics::exporter() {
-        Some(exporter) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            exporter.render(&state.model),
-        )
+        Some(exporter) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+            state.model.export_metrics();
+            exporter.render()
+        })
             .into_response(),
-        None => RestError::new(StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+        None => Failure::new(Reason::NotFound, "metrics are not enabled").into_response(),
     }
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "service", responses(
+#[utoipa::path(get, path = "/healthz", security(()), tag = "service", responses(
     (status = 200, description = "Ready to serve", body = Healthz),
     (status = 503, description = "Not ready, with the reason", body = Healthz)))]
 async fn healthz(State(state): State<SharedState>) -> (StatusCode, Json<Healthz>) {
@@ -298,19 +275,21 @@ async fn healthz(State(state): State<SharedState>) -> (StatusCode, Json<Healthz>
 const TIMEOUT_HEADER: &str = "x-request-timeout";
 
 /// The deadline a REST client asked for with `x-request-timeout`.
-pub fn request_deadline(headers: &HeaderMap) -> Result<Option<Instant>, RestError> {
+pub fn request_deadline(headers: &HeaderMap) -> Result<Option<Instant>, Failure> {
     let Some(value) = headers.get(TIMEOUT_HEADER) else {
         return Ok(None);
     };
-    value
+    let timeout = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .map(|timeout| Some(Instant::now() + timeout))
         .ok_or_else(|| {
-            RestError::bad_request(format!("{TIMEOUT_HEADER} must be a number of seconds"))
-        })
+            Failure::invalid(format!(
+                "header {TIMEOUT_HEADER} must be a non-negative number of seconds"
+            ))
+        })?;
+    Ok(crate::model::deadline_after(Instant::now(), timeout))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -329,13 +308,13 @@ async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-#[utoipa::path(get, path = "/v2/health/live", tag = "oip",
+#[utoipa::path(get, path = "/v2/health/live", security(()), tag = "oip",
     responses((status = 200, body = inline(Object), example = json!({"live": true}))))]
 async fn live() -> Json<serde_json::Value> {
     Json(json!({"live": true}))
 }
 
-#[utoipa::path(get, path = "/v2/health/ready", tag = "oip", responses(
+#[utoipa::path(get, path = "/v2/health/ready", security(()), tag = "oip", responses(
     (status = 200, body = inline(Object), example = json!({"ready": true})),
     (status = 503, body = inline(Object), example = json!({"ready": false, "error": "Server is not ready."}))))]
 async fn ready(State(state): State<SharedState>) -> Response {
@@ -379,7 +358,7 @@ pub struct ModelMetadata {
 async fn model_metadata(
     State(state): State<SharedState>,
     Path(model): Path<String>,
-) -> Result<Json<ModelMetadata>, RestError> {
+) -> Result<Json<ModelMetadata>, Failure> {
     metadata(&state, &model, "")
 }
 
@@ -389,15 +368,11 @@ async fn model_metadata(
 async fn model_version_metadata(
     State(state): State<SharedState>,
     Path((model, version)): Path<(String, String)>,
-) -> Result<Json<ModelMetadata>, RestError> {
+) -> Result<Json<ModelMetadata>, Failure> {
     metadata(&state, &model, &version)
 }
 
-fn metadata(
-    state: &RestState,
-    model: &str,
-    version: &str,
-) -> Result<Json<ModelMetadata>, RestError> {
+fn metadata(state: &RestState, model: &str, version: &str) -> Result<Json<ModelMetadata>, Failure> {
     state.model.resolve(model, version)?;
     Ok(Json(ModelMetadata {
         name: state.model.name().to_owned(),
@@ -408,28 +383,28 @@ fn metadata(
     }))
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "oip",
+#[utoipa::path(get, path = "/v2/models/{model}/ready", security(()), tag = "oip",
     params(("model" = String, Path)),
     responses((status = 200, body = inline(Object), example = json!({"name": "ocr", "ready": true})),
         (status = 404, body = ErrorBody), (status = 503, body = inline(Object))))]
 async fn model_ready(
     State(state): State<SharedState>,
     Path(model): Path<String>,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     readiness(&state, &model, "")
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "oip",
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", security(()), tag = "oip",
     params(("model" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = inline(Object)), (status = 404, body = ErrorBody)))]
 async fn model_version_ready(
     State(state): State<SharedState>,
     Path((model, version)): Path<(String, String)>,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     readiness(&state, &model, &version)
 }
 
-fn readiness(state: &RestState, model: &str, version: &str) -> Result<Response, RestError> {
+fn readiness(state: &RestState, model: &str, version: &str) -> Result<Response, Failure> {
     state.model.resolve(model, version)?;
     let ready = state.model.is_ready();
     let body = json!({"name": state.model.name(), "ready": ready});

@@ -1,15 +1,30 @@
 //! The OpenAPI 3 description of the REST endpoints, generated from the handlers' annotations,
 //! and a self-contained page that renders it (no asset is fetched from anywhere).
 
+use std::sync::Arc;
+
 use axum::{
     http::header,
     response::{Html, IntoResponse},
-    Json,
+    Extension, Json,
 };
-use utoipa::OpenApi;
+use utoipa::{
+    openapi::{
+        path::Operation,
+        security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        },
+        OpenApi as Document, PathItem,
+    },
+    Modify, OpenApi,
+};
 
-use super::{gateway, v1, v2};
+use super::v1;
 
+/// What the document says beyond its operations, which come from the router itself
+/// ([`super::router`]): every route is registered together with its description. The one
+/// exception is KServe v1's `:predict`, a path axum cannot route (it serves it as a POST on
+/// `/v1/models/{model}`).
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -17,12 +32,9 @@ use super::{gateway, v1, v2};
         description = "Tesseract OCR over the KServe Open Inference Protocol. The same API is \
                        served over gRPC as inference.GRPCInferenceService."
     ),
-    paths(
-        super::index, super::healthz, super::metrics, super::server_metadata, super::live, super::ready,
-        super::model_metadata, super::model_version_metadata, super::model_ready,
-        super::model_version_ready, v2::infer, v2::infer_version, v1::model_status, v1::predict,
-        gateway::predict, gateway::gateway_ocr, gateway::read_ocr,
-    ),
+    paths(v1::predict),
+    modifiers(&ApiKeys),
+    security(("api_key" = []), ("bearer" = [])),
     tags(
         (name = "oip", description = "Open Inference Protocol REST v2, with the binary tensor extension"),
         (name = "kserve-v1", description = "KServe v1 protocol"),
@@ -30,12 +42,74 @@ use super::{gateway, v1, v2};
         (name = "service", description = "Index and health"),
     )
 )]
-struct ApiDoc;
+pub struct ApiDoc;
 
-pub async fn spec() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+/// The two ways to send an API key (only needed when the server has `--api-keys-file`).
+struct ApiKeys;
+
+impl Modify for ApiKeys {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
 }
 
+/// The path templates whose every operation needs no credentials (`security(())`).
+pub fn open_paths(document: &Document) -> Vec<String> {
+    let open = |operation: &Operation| {
+        operation
+            .security
+            .as_ref()
+            .is_some_and(|s| s.contains(&SecurityRequirement::default()))
+    };
+    document
+        .paths
+        .paths
+        .iter()
+        .filter(|(_, item)| operations(item).all(|(_, operation)| open(operation)))
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// `METHOD /path` for every operation of the document.
+pub fn endpoints(document: &Document) -> Vec<String> {
+    document
+        .paths
+        .paths
+        .iter()
+        .flat_map(|(path, item)| {
+            operations(item).map(move |(method, _)| format!("{method} {path}"))
+        })
+        .collect()
+}
+
+fn operations(item: &PathItem) -> impl Iterator<Item = (&'static str, &Operation)> {
+    [
+        ("GET", &item.get),
+        ("POST", &item.post),
+        ("PUT", &item.put),
+        ("DELETE", &item.delete),
+        ("PATCH", &item.patch),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation.as_ref()?)))
+}
+
+#[utoipa::path(get, path = "/openapi.json", security(()), tag = "service",
+    responses((status = 200, description = "This document")))]
+pub async fn spec(Extension(document): Extension<Arc<Document>>) -> impl IntoResponse {
+    Json(document.as_ref().clone())
+}
+
+#[utoipa::path(get, path = "/docs", security(()), tag = "service",
+    responses((status = 200, description = "A page that renders this document", content_type = "text/html")))]
 pub async fn docs() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(DOCS_PAGE))
 }

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     Json,
 };
 use base64::Engine as _;
@@ -12,9 +12,12 @@ use utoipa::ToSchema;
 
 use super::{
     gateway::{recognize, Prediction},
-    parse_json, RawBody, RestError, SharedState,
+    parse_json, RawBody, SharedState,
 };
-use crate::ocr::ImageInput;
+use crate::{
+    failure::{Failure, Reason},
+    ocr::ImageInput,
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct ModelStatus {
@@ -28,7 +31,7 @@ pub struct ModelStatus {
 pub async fn model_status(
     State(state): State<SharedState>,
     Path(model): Path<String>,
-) -> Result<Json<ModelStatus>, RestError> {
+) -> Result<Json<ModelStatus>, Failure> {
     state.model.resolve(&model, "")?;
     Ok(Json(ModelStatus {
         name: model,
@@ -60,12 +63,12 @@ pub async fn predict(
     Path(target): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<PredictResponse>, RestError> {
+) -> Result<Json<PredictResponse>, Failure> {
     // The route captures "ocr:predict" as one path segment.
     let (model, action) = target.split_once(':').unwrap_or((&target, ""));
     if action != "predict" {
-        return Err(RestError::new(
-            StatusCode::NOT_FOUND,
+        return Err(Failure::new(
+            Reason::NotFound,
             format!("unknown v1 action '{target}'; use POST /v1/models/{{model}}:predict"),
         ));
     }
@@ -77,7 +80,7 @@ pub async fn predict(
         .enumerate()
         .map(|(index, instance)| {
             instance_image(instance)
-                .map_err(|why| RestError::bad_request(format!("instances[{index}]: {why}")))
+                .map_err(|why| Failure::invalid(format!("instances[{index}]: {why}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let params: Vec<_> = request.parameters.into_iter().collect();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use axum::{
     body::Bytes,
-    extract::{Path, State},
+    extract::{FromRequest, Path, Request, State},
     http::{header, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
     Json,
@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{
-    json_param, parse_json, request_deadline, request_id, RawBody, RestError, SharedState,
-};
+use super::{json_param, parse_json, request_deadline, request_id, RawBody, SharedState};
 use crate::{
+    failure::{Failure, Reason},
     model::ParamValue,
     oip::{
         codec,
@@ -101,27 +100,79 @@ pub struct OutputTensor {
         (status = 200, description = "JSON, or application/octet-stream with \
             Inference-Header-Content-Length when binary outputs were asked for", body = InferResponseBody),
         (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
         (status = 503, body = super::ErrorBody), (status = 504, body = super::ErrorBody)))]
 pub async fn infer(
     State(state): State<SharedState>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, RestError> {
+    InferBody(body): InferBody,
+) -> Result<Response, Failure> {
     run(&state, model, String::new(), &headers, body).await
 }
 
 #[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "oip",
     params(("model" = String, Path), ("version" = String, Path)),
     request_body(content = InferRequestBody),
-    responses((status = 200, body = InferResponseBody), (status = 400, body = super::ErrorBody)))]
+    responses((status = 200, body = InferResponseBody), (status = 400, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 415, body = super::ErrorBody), (status = 503, body = super::ErrorBody),
+        (status = 504, body = super::ErrorBody)))]
 pub async fn infer_version(
     State(state): State<SharedState>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, RestError> {
+    InferBody(body): InferBody,
+) -> Result<Response, Failure> {
     run(&state, model, version, &headers, body).await
+}
+
+/// An infer request's body: JSON, or JSON followed by binary tensors. Clients send it with
+/// many content types or none (tritonclient.http none, curl `-d` a form type), so only types
+/// that cannot be JSON are refused, before the body is read, pointing at the upload endpoint.
+pub struct InferBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for InferBody {
+    type Rejection = Failure;
+
+    async fn from_request(request: Request, state: &S) -> Result<InferBody, Failure> {
+        if let Some(refused) = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !is_json_like(v))
+        {
+            return Err(Failure::new(
+                Reason::UnsupportedMediaType,
+                format!(
+                    "Content-Type '{refused}' is not accepted here: send JSON (application/json), \
+                     or JSON followed by binary tensors (application/octet-stream with \
+                     {HEADER_LENGTH}); to upload image files, POST multipart/form-data to \
+                     /gateway/ocr (field image_file)"
+                ),
+            ));
+        }
+        RawBody::from_request(request, state)
+            .await
+            .map(|RawBody(body)| InferBody(body))
+    }
+}
+
+/// Whether a Content-Type may carry an infer body.
+fn is_json_like(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "" | "application/json"
+            | "application/octet-stream"
+            | "application/x-www-form-urlencoded"
+            | "text/plain"
+    ) || essence.ends_with("+json")
 }
 
 async fn run(
@@ -130,7 +181,7 @@ async fn run(
     model_version: String,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<Response, RestError> {
+) -> Result<Response, Failure> {
     let (json, mut tail) = split_body(headers, body)?;
     let request: InferRequestBody = parse_json(&json)?;
 
@@ -148,7 +199,7 @@ async fn run(
         });
     }
     if !tail.is_empty() {
-        return Err(RestError::bad_request(format!(
+        return Err(Failure::invalid(format!(
             "{} bytes of binary data follow the inputs that no input's binary_data_size accounts for",
             tail.len()
         )));
@@ -162,7 +213,7 @@ async fn run(
                 name: o.name,
             })
         })
-        .collect::<Result<_, RestError>>()?;
+        .collect::<Result<_, Failure>>()?;
     let id = match request.id.is_empty() {
         true => request_id(headers),
         false => request.id,
@@ -182,7 +233,7 @@ async fn run(
 
 /// Splits the body at `Inference-Header-Content-Length` (any header case); without the
 /// header the whole body is JSON.
-fn split_body(headers: &HeaderMap, mut body: Bytes) -> Result<(Bytes, Bytes), RestError> {
+fn split_body(headers: &HeaderMap, mut body: Bytes) -> Result<(Bytes, Bytes), Failure> {
     let Some(value) = headers.get(HEADER_LENGTH) else {
         return Ok((body, Bytes::new()));
     };
@@ -190,9 +241,9 @@ fn split_body(headers: &HeaderMap, mut body: Bytes) -> Result<(Bytes, Bytes), Re
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .ok_or_else(|| RestError::bad_request(format!("{HEADER_LENGTH} is not a byte count")))?;
+        .ok_or_else(|| Failure::invalid(format!("{HEADER_LENGTH} is not a byte count")))?;
     if length > body.len() {
-        return Err(RestError::bad_request(format!(
+        return Err(Failure::invalid(format!(
             "{HEADER_LENGTH} is {length} but the body has only {} bytes",
             body.len()
         )));
@@ -203,14 +254,14 @@ fn split_body(headers: &HeaderMap, mut body: Bytes) -> Result<(Bytes, Bytes), Re
 
 /// The raw bytes of one input: its slice of the binary tail, or its JSON `data` encoded as
 /// the raw form of its datatype.
-fn input_bytes(input: &InputTensor, tail: &mut Bytes) -> Result<Bytes, RestError> {
+fn input_bytes(input: &InputTensor, tail: &mut Bytes) -> Result<Bytes, Failure> {
     let place = format!("input '{}'", input.name);
     if let Some(size) = input.parameters.get("binary_data_size") {
         let size = size.as_u64().ok_or_else(|| {
-            RestError::bad_request(format!("{place}: binary_data_size must be a byte count"))
+            Failure::invalid(format!("{place}: binary_data_size must be a byte count"))
         })? as usize;
         if size > tail.len() {
-            return Err(RestError::bad_request(format!(
+            return Err(Failure::invalid(format!(
                 "{place}: binary_data_size is {size} but only {} bytes of binary data remain",
                 tail.len()
             )));
@@ -218,7 +269,7 @@ fn input_bytes(input: &InputTensor, tail: &mut Bytes) -> Result<Bytes, RestError
         return Ok(tail.split_to(size));
     }
     let data = input.data.as_ref().ok_or_else(|| {
-        RestError::bad_request(format!("{place} has neither data nor binary_data_size"))
+        Failure::invalid(format!("{place} has neither data nor binary_data_size"))
     })?;
     let mut elements = Vec::new();
     flatten(data, &mut elements);
@@ -229,7 +280,7 @@ fn input_bytes(input: &InputTensor, tail: &mut Bytes) -> Result<Bytes, RestError
                 .enumerate()
                 .map(|(index, element)| {
                     bytes_element(element).ok_or_else(|| {
-                        RestError::bad_request(format!(
+                        Failure::invalid(format!(
                             "{place}: data[{index}] must be a string or {{\"b64\": \"...\"}}"
                         ))
                     })
@@ -245,7 +296,7 @@ fn input_bytes(input: &InputTensor, tail: &mut Bytes) -> Result<Bytes, RestError
                     .as_u64()
                     .and_then(|v| u8::try_from(v).ok())
                     .ok_or_else(|| {
-                        RestError::bad_request(format!("{place}: data[{index}] is not a UINT8"))
+                        Failure::invalid(format!("{place}: data[{index}] is not a UINT8"))
                     })
             })
             .collect::<Result<Vec<u8>, _>>()
@@ -280,7 +331,7 @@ fn bytes_element(element: &Value) -> Option<Vec<u8>> {
 fn params(
     place: &str,
     json: Map<String, Value>,
-) -> Result<HashMap<String, pb::InferParameter>, RestError> {
+) -> Result<HashMap<String, pb::InferParameter>, Failure> {
     json.into_iter()
         .map(|(name, value)| {
             let choice = match json_param(&value, || format!("{place} parameter '{name}'"))? {
@@ -313,11 +364,11 @@ impl BinaryOutputs {
     }
 }
 
-fn binary_outputs(request: &InferRequestBody) -> Result<BinaryOutputs, RestError> {
+fn binary_outputs(request: &InferRequestBody) -> Result<BinaryOutputs, Failure> {
     let flag = |place: &str, value: Option<&Value>| match value {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(RestError::bad_request(format!(
+        Some(other) => Err(Failure::invalid(format!(
             "{place} must be a boolean, not {other}"
         ))),
     };
@@ -402,5 +453,31 @@ fn json_data(datatype: &str, raw: &[u8]) -> Value {
             .iter()
             .map(|e| Value::from(String::from_utf8_lossy(e).into_owned()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_like;
+
+    #[test]
+    fn infer_bodies_come_with_many_content_types_but_not_uploads() {
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/octet-stream",
+            "application/x-www-form-urlencoded",
+            "Application/JSON",
+            "application/vnd.api+json",
+        ] {
+            assert!(is_json_like(accepted), "{accepted}");
+        }
+        for refused in [
+            "multipart/form-data; boundary=x",
+            "image/png",
+            "application/pdf",
+        ] {
+            assert!(!is_json_like(refused), "{refused}");
+        }
     }
 }
