@@ -48,9 +48,19 @@ impl Authority {
     }
 
     fn issue(&self, names: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> Issued {
+        self.issue_with(names, usage, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        names: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
         let mut params = CertificateParams::default();
         params.subject_alt_names = names;
         params.extended_key_usages = vec![usage];
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Issued {
@@ -239,6 +249,40 @@ async fn mutual_tls_admits_only_clients_of_the_ca() {
         .send()
         .await
         .is_err());
+
+    // An expired certificate of the right CA fails too.
+    let expired = ca.issue_with(
+        vec![SanType::URI("spiffe://cluster.local/ns/apps/sa/old".try_into().unwrap())],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        },
+    );
+    assert!(rest(&ca.pem(), Some(&expired))
+        .get(&models)
+        .send()
+        .await
+        .is_err());
+
+    // Each refusal is counted under the reason rustls gave, so an operator can tell a wrong
+    // certificate from a network fault.
+    let metrics = format!("https://{}/metrics", server.http_addr());
+    let metrics = anonymous
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["unknown_issuer", "expired", "protocol"] {
+        let series = format!("tesserve_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+        assert!(
+            metrics.lines().any(|line| line.starts_with(&series)),
+            "{series} in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -254,6 +298,13 @@ async fn rotated_certificates_are_served_without_dropping_connections() {
     let mut before = grpc(server.grpc_addr(), &old_ca.pem(), None).await.unwrap();
     assert!(grpc(server.grpc_addr(), &new_ca.pem(), None).await.is_err());
 
+    // A long request is in flight on the old connection while the files change.
+    let mut in_flight_client = before.clone();
+    let in_flight = tokio::spawn(async move {
+        in_flight_client
+            .model_infer(typed_request(&[common::long_page()]))
+            .await
+    });
     let second = new_ca.server();
     files.write("tls.key", &second.key);
     files.write("tls.crt", &second.cert);
@@ -275,7 +326,29 @@ async fn rotated_certificates_are_served_without_dropping_connections() {
         .unwrap()
         .into_inner();
     assert_eq!(typed_strings(&reply, "text")[0].trim(), "Still here");
+    let long = in_flight.await.unwrap().expect("the in-flight request finishes");
+    assert!(typed_strings(&long.into_inner(), "text")[0].contains("Line 39"));
     assert!(grpc(server.grpc_addr(), &old_ca.pem(), None).await.is_err());
+
+    // A broken file is logged and counted; the last good certificate stays in use.
+    files.write("tls.crt", "-----BEGIN CERTIFICATE-----\nbroken\n");
+    let metrics = format!("https://{}/metrics", server.http_addr());
+    let rest = rest(&new_ca.pem(), None);
+    let failed_reload = "tesserve_tls_reloads_total{outcome=\"error\"}";
+    let mut seen = false;
+    for _ in 0..100 {
+        let text = rest.get(&metrics).send().await.unwrap().text().await.unwrap();
+        if text.lines().any(|line| line.starts_with(failed_reload)) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen, "the broken file was read and refused within 20 s");
+    let mut still = grpc(server.grpc_addr(), &new_ca.pem(), None)
+        .await
+        .expect("the last good certificate is still served");
+    assert!(still.server_live(pb::ServerLiveRequest {}).await.is_ok());
 }
 
 #[test]
