@@ -278,7 +278,7 @@ fn stack(routes: axum::Router, auth: AuthLayer) -> axum::Router {
     routes
         .fallback(fallback)
         .layer(auth)
-        .layer(AccessLayer)
+        .layer(AccessLayer::new(crate::oip::grpc_methods()))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }

@@ -175,8 +175,11 @@ async fn a_model_that_is_not_served_is_404_whatever_the_body() {
         "/v2/models/nope/versions/1/infer",
         "/v2/models/ocr/versions/9/infer",
     ] {
-        for body in [json!({}).to_string(), "garbage{".to_owned(), infer_body(&image).to_string()]
-        {
+        for body in [
+            json!({}).to_string(),
+            "garbage{".to_owned(),
+            infer_body(&image).to_string(),
+        ] {
             let response = http
                 .post(format!("{}{path}", s.http()))
                 .body(body.clone())
@@ -205,7 +208,11 @@ async fn a_model_that_is_not_served_is_404_whatever_the_body() {
         "/v2/models/ocr/versions/9",
         "/v1/models/nope",
     ] {
-        let response = http.get(format!("{}{path}", s.http())).send().await.unwrap();
+        let response = http
+            .get(format!("{}{path}", s.http()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
 
@@ -259,7 +266,14 @@ async fn every_listed_endpoint_is_routed_and_only_the_documented_ones_are_open()
     let s = TestServer::start(&["--workers", "1", "--api-keys-file", keys.to_str().unwrap()]).await;
     let http = reqwest::Client::new();
 
-    let index: Value = http.get(s.http()).send().await.unwrap().json().await.unwrap();
+    let index: Value = http
+        .get(s.http())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let endpoints: Vec<&str> = index["endpoints"]
         .as_array()
         .unwrap()
@@ -282,10 +296,11 @@ async fn every_listed_endpoint_is_routed_and_only_the_documented_ones_are_open()
         let (method, template) = endpoint.split_once(' ').unwrap();
         let open = documented[template][method.to_ascii_lowercase()]["security"]
             .as_array()
-            .is_some_and(|s| s.iter().any(|r| r.as_object().is_some_and(|r| r.is_empty())));
-        let path = template
-            .replace("{model}", "ocr")
-            .replace("{version}", "1");
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|r| r.as_object().is_some_and(|r| r.is_empty()))
+            });
+        let path = template.replace("{model}", "ocr").replace("{version}", "1");
         let request = |key: Option<&str>| {
             let url = format!("{}{path}", s.http());
             let request = match method {

@@ -524,7 +524,7 @@ async fn multipart_gateway() {
         .send()
         .await
         .unwrap();
-    assert_eq!(not_multipart.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(not_multipart.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(not_multipart.headers()["content-type"], "application/json");
 }
 

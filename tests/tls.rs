@@ -252,7 +252,9 @@ async fn mutual_tls_admits_only_clients_of_the_ca() {
 
     // An expired certificate of the right CA fails too.
     let expired = ca.issue_with(
-        vec![SanType::URI("spiffe://cluster.local/ns/apps/sa/old".try_into().unwrap())],
+        vec![SanType::URI(
+            "spiffe://cluster.local/ns/apps/sa/old".try_into().unwrap(),
+        )],
         ExtendedKeyUsagePurpose::ClientAuth,
         |params| {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -326,7 +328,10 @@ async fn rotated_certificates_are_served_without_dropping_connections() {
         .unwrap()
         .into_inner();
     assert_eq!(typed_strings(&reply, "text")[0].trim(), "Still here");
-    let long = in_flight.await.unwrap().expect("the in-flight request finishes");
+    let long = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request finishes");
     assert!(typed_strings(&long.into_inner(), "text")[0].contains("Line 39"));
     assert!(grpc(server.grpc_addr(), &old_ca.pem(), None).await.is_err());
 
@@ -337,7 +342,14 @@ async fn rotated_certificates_are_served_without_dropping_connections() {
     let failed_reload = "tesserve_tls_reloads_total{outcome=\"error\"}";
     let mut seen = false;
     for _ in 0..100 {
-        let text = rest.get(&metrics).send().await.unwrap().text().await.unwrap();
+        let text = rest
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if text.lines().any(|line| line.starts_with(failed_reload)) {
             seen = true;
             break;

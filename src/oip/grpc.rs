@@ -15,7 +15,7 @@ use super::{
     EXTENSIONS, SERVER_NAME,
 };
 use crate::{
-    failure::Failure,
+    failure::{Failure, Reason},
     model::{InferError, Model, TensorSpec, INPUT, PLATFORM, VERSION},
     ocr::OutputKind,
     telemetry::Arrived,
@@ -260,9 +260,11 @@ impl GrpcInferenceService for OipService {
         let request = request.into_inner();
         let name = repository_model_name(&request.model_name, &request.repository_name);
         self.model.resolve(name, "").map_err(status)?;
-        Err(Status::unimplemented(format!(
-            "model '{name}' is built into this server and cannot be unloaded"
-        )))
+        Err(Failure::new(
+            Reason::Unimplemented,
+            format!("model '{name}' is built into this server and cannot be unloaded"),
+        )
+        .into())
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     collections::HashSet,
     future::Future,
     pin::Pin,
-    sync::LazyLock,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -55,32 +55,41 @@ pub fn note_outcome(outcome: &'static str) {
     let _ = NOTE.try_with(|note| note.borrow_mut().outcome = Some(outcome));
 }
 
-/// gRPC methods with a name of their own in metrics, read from the descriptors the server
-/// serves; any other path counts as `unknown`, so clients cannot mint label values.
-fn grpc_methods() -> &'static HashSet<String> {
-    static METHODS: LazyLock<HashSet<String>> =
-        LazyLock::new(|| crate::oip::grpc_methods().collect());
-    &METHODS
-}
-
 /// When a request reached the server, in its extensions: deadlines count from here.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrived(pub Instant);
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AccessLayer;
+#[derive(Clone, Debug)]
+pub struct AccessLayer {
+    grpc_methods: Arc<HashSet<String>>,
+}
+
+impl AccessLayer {
+    /// `grpc_methods` (`/package.Service/Method`, as the server serves them) get a name of
+    /// their own in metrics; any other gRPC path counts as `unknown`, so clients cannot mint
+    /// label values.
+    pub fn new(grpc_methods: impl IntoIterator<Item = String>) -> AccessLayer {
+        AccessLayer {
+            grpc_methods: Arc::new(grpc_methods.into_iter().collect()),
+        }
+    }
+}
 
 impl<S> Layer<S> for AccessLayer {
     type Service = Access<S>;
 
     fn layer(&self, inner: S) -> Access<S> {
-        Access { inner }
+        Access {
+            inner,
+            grpc_methods: self.grpc_methods.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Access<S> {
     inner: S,
+    grpc_methods: Arc<HashSet<String>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -100,7 +109,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let mut record = Record::start(&request);
+        let mut record = Record::start(&request, &self.grpc_methods);
         request.extensions_mut().insert(Arrived(record.started));
         let span = tracing::info_span!(
             "request",
@@ -149,7 +158,7 @@ struct Record {
 }
 
 impl Record {
-    fn start<B>(request: &Request<B>) -> Record {
+    fn start<B>(request: &Request<B>, grpc_methods: &HashSet<String>) -> Record {
         let headers = request.headers();
         let grpc = headers
             .get(http::header::CONTENT_TYPE)
@@ -157,7 +166,7 @@ impl Record {
             .is_some_and(|v| v.starts_with("application/grpc"));
         let path = request.uri().path();
         let endpoint = if grpc {
-            let known = grpc_methods().contains(path);
+            let known = grpc_methods.contains(path);
             if known { path } else { "unknown" }.to_owned()
         } else {
             request
