@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::{
     ocr::{
-        EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
-        OutputSet,
+        EngineError, EnginePool, ImageInput, OcrOptions, OcrResult, OutputKind, OutputSet, Task,
+        TaskError,
     },
     telemetry::{self, metrics},
 };
@@ -312,7 +312,7 @@ impl Model {
             })
             .collect();
         let mut pending = Vec::new();
-        let jobs: Vec<Job> = request
+        let tasks: Vec<Task> = request
             .images
             .into_iter()
             .enumerate()
@@ -320,7 +320,7 @@ impl Model {
             .map(|(index, image)| {
                 pending.push(index);
                 histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
-                Job {
+                Task {
                     // Span numbers as i64: OpenTelemetry has no unsigned integers.
                     span: tracing::info_span!(
                         "image",
@@ -334,9 +334,9 @@ impl Model {
                 }
             })
             .collect();
-        let receivers = match jobs.is_empty() {
+        let receivers = match tasks.is_empty() {
             true => Vec::new(),
-            false => self.pool.submit(jobs)?,
+            false => self.pool.submit(tasks)?,
         };
 
         // Dropping the receivers (on an error or at the deadline) cancels the images still
@@ -346,7 +346,7 @@ impl Model {
                 let reply = receiver
                     .await
                     .map_err(|_| InferError::Internal("an engine worker exited".into()))?;
-                let result = reply.map_err(|error| job_error(index, error))?;
+                let result = reply.map_err(|error| task_error(index, error))?;
                 if let (Some(cache), Some(key)) = (&self.cache, &keys[index]) {
                     cache.insert(*key, &result);
                 }
@@ -380,11 +380,11 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-fn job_error(index: usize, error: JobError) -> InferError {
+fn task_error(index: usize, error: TaskError) -> InferError {
     match error {
-        JobError::Image(source) => InferError::Image { index, source },
-        JobError::DeadlineExceeded => InferError::DeadlineExceeded,
-        JobError::Engine(EngineError::Cancelled) => InferError::Cancelled,
+        TaskError::Image(source) => InferError::Image { index, source },
+        TaskError::DeadlineExceeded => InferError::DeadlineExceeded,
+        TaskError::Engine(EngineError::Cancelled) => InferError::Cancelled,
         other => InferError::Internal(format!("input 'image'[{index}]: {other}")),
     }
 }
