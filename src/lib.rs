@@ -8,7 +8,6 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod listener;
-pub mod load;
 pub mod model;
 pub mod ocr;
 pub mod oip;

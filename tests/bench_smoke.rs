@@ -7,10 +7,8 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::TestServer;
-use tesserve::{
-    config::TESSDATA_SEARCH_PATH,
-    load::{self, ceiling, images, render::Renderer, LoadConfig},
-};
+use tesserve::config::TESSDATA_SEARCH_PATH;
+use tesserve_load::{ceiling, images, render::Renderer, LoadConfig};
 
 const ENGINES: usize = 2;
 const SECONDS: u64 = 4;
@@ -39,7 +37,7 @@ async fn server_throughput_stays_near_raw_tesseract() {
     };
 
     let s = TestServer::start(&["--workers", &ENGINES.to_string()]).await;
-    let report = load::run(LoadConfig {
+    let report = tesserve_load::run(LoadConfig {
         grpc: Some(format!("http://{}", s.addr())),
         rest: None,
         model: "ocr".into(),

@@ -17,10 +17,8 @@ use std::{
 
 use clap::Parser;
 use serde_json::Value;
-use tesserve::{
-    config::TESSDATA_SEARCH_PATH,
-    load::{ceiling, images, render::Renderer},
-};
+use tesserve::config::TESSDATA_SEARCH_PATH;
+use tesserve_load::{ceiling, images, render::Renderer};
 
 use server::Server;
 
