@@ -56,7 +56,7 @@ test-clients: build ## grpcurl, tritonclient and kserve against a fresh server (
 	bash grpc-tests/run.sh
 
 BENCH_ARGS ?=
-bench: deps ## Server vs raw Tesseract on this machine -> BENCHMARKS.md, docs/benchmarks.png (~12 min; pass BENCH_ARGS="--runs 5")
+bench: deps ## Server vs raw Tesseract -> BENCHMARKS.md, docs/benchmarks.png; fails on a gross regression (~12 min; BENCH_ARGS="--runs 5")
 	$(CARGO) build --locked --release --workspace
 	OMP_THREAD_LIMIT=1 ./target/release/tesserve-bench $(BENCH_ARGS)
 
