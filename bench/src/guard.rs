@@ -27,8 +27,9 @@ pub fn check(results: &Results) -> Result<(), String> {
         .filter(|row| row.concurrency == results.cores)
         .filter_map(|row| {
             let ratio = row.throughput.median() / ceiling;
-            // NaN (nothing measured) fails too.
-            (!(ratio >= MIN_OF_CEILING)).then(|| {
+            // A NaN ratio (nothing measured) passes no bound: it fails too.
+            let passed = ratio.is_finite() && ratio >= MIN_OF_CEILING;
+            (!passed).then(|| {
                 format!(
                     "{} at {} clients: {:.2} images/s, {ratio:.2} of raw Tesseract's {ceiling:.2}",
                     row.protocol,
