@@ -3,8 +3,8 @@
 //!
 //! The server runs as a child process and the load comes from `tesserve-load` in another,
 //! so the three share nothing but the machine. Every figure is the median of `--runs` runs,
-//! with the range beside it. The run fails (after writing its figures) on wrong answers or
-//! on a gross throughput regression against the ceiling ([`guard`]).
+//! with the range beside it. The run stops at the first wrong answer, and fails after
+//! writing its figures on a gross throughput regression against the ceiling ([`guard`]).
 
 mod chart;
 mod guard;
