@@ -27,12 +27,14 @@ RUN make deps BUILD_ONLY=1 && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo .cargo
 COPY proto proto
-# The benchmark is a workspace member: cargo needs its manifest, never builds it here.
+# The benchmark and the load tool are workspace members: cargo needs their manifests (and a
+# target in each), never builds them here; the server does not depend on either.
 COPY bench/Cargo.toml bench/
-RUN mkdir -p src bench/src \
+COPY load/Cargo.toml load/
+RUN mkdir -p src bench/src load/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > bench/src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs load/src/lib.rs \
  && make release BUILD_ONLY=1 \
  && rm -rf src target/release/tesserve target/release/deps/tesserve-* \
            target/release/deps/libtesserve-* target/release/.fingerprint/tesserve-*

@@ -13,7 +13,7 @@ APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-de
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: help deps build release run test test-rust test-clients lint fmt fuzz bench clean
+.PHONY: help deps build release load-tool run test test-rust test-clients lint fmt fuzz bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ build: deps ## Debug build
 release: deps ## Optimised build (target/release/tesserve)
 	$(CARGO) build --locked --release
 
+load-tool: deps ## The load and fault generator (target/release/tesserve-load; crate load/)
+	$(CARGO) build --locked --release -p tesserve-load
+
 run: release ## Build and serve gRPC on :8081 (pass flags with ARGS="--workers 4 ...")
 	./target/release/tesserve serve $(ARGS)
 
@@ -46,14 +49,14 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test-rust: ## Unit and integration tests (real server, real tonic client)
-	$(CARGO) test --locked
+test-rust: ## Unit and integration tests (real server, real tonic client), every workspace crate
+	$(CARGO) test --locked --workspace
 
 test-clients: build ## grpcurl, tritonclient and kserve against a fresh server (grpc-tests/)
 	bash grpc-tests/run.sh
 
 BENCH_ARGS ?=
-bench: deps ## Server vs raw Tesseract on this machine -> BENCHMARKS.md, docs/benchmarks.png (~12 min; pass BENCH_ARGS="--runs 5")
+bench: deps ## Server vs raw Tesseract -> BENCHMARKS.md, docs/benchmarks.png; fails on a gross regression (~12 min; BENCH_ARGS="--runs 5")
 	$(CARGO) build --locked --release --workspace
 	OMP_THREAD_LIMIT=1 ./target/release/tesserve-bench $(BENCH_ARGS)
 

@@ -11,7 +11,7 @@ seconds=${LOAD_SECONDS:-240}
 concurrency=${LOAD_CONCURRENCY:-16}
 
 step "build tesserve-load"
-(cd "$ROOT" && cargo build --release --locked --bin tesserve-load)
+(cd "$ROOT" && cargo build --release --locked -p tesserve-load)
 load=$ROOT/target/release/tesserve-load
 target=(--grpc "127.0.0.1:$INGRESS_PORT")
 if "$load" --help | grep -q -- --authority; then

@@ -414,10 +414,11 @@ impl EngineArgs {
                 max: MAX_IMAGE_PIXELS_CEILING,
             });
         }
-        let tessdata = match &self.tessdata {
-            Some(dir) => dir.clone(),
-            None => find_tessdata(std::env::var_os("TESSDATA_PREFIX").map(PathBuf::from))?,
-        };
+        let tessdata = resolve_tessdata(
+            self.tessdata.as_deref(),
+            std::env::var_os("TESSDATA_PREFIX").map(PathBuf::from),
+            TESSDATA_SEARCH_PATH,
+        )?;
         let languages = Languages::scan(&tessdata).map_err(|source| ConfigError::Tessdata {
             path: tessdata.clone(),
             source,
@@ -443,10 +444,19 @@ impl EngineArgs {
     }
 }
 
-fn find_tessdata(prefix: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
-    let candidates = prefix
-        .into_iter()
-        .chain(TESSDATA_SEARCH_PATH.iter().map(PathBuf::from));
+/// The tessdata directory: `--tessdata` as given (an unreadable one fails when it is
+/// scanned, naming it), else `TESSDATA_PREFIX` if it holds traineddata, else the first
+/// directory of `search` that does. The environment and the search path are parameters so
+/// tests can point them at directories of their own.
+fn resolve_tessdata(
+    flag: Option<&Path>,
+    prefix: Option<PathBuf>,
+    search: &[&str],
+) -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = flag {
+        return Ok(dir.to_owned());
+    }
+    let candidates = prefix.into_iter().chain(search.iter().map(PathBuf::from));
     let mut searched = Vec::new();
     for dir in candidates {
         if has_traineddata(&dir) {
@@ -525,17 +535,122 @@ mod tests {
         ));
     }
 
+    /// A directory under the system temp dir holding the named (empty) files; removed when
+    /// dropped.
+    struct Tessdata(PathBuf);
+
+    impl Tessdata {
+        fn with(test: &str, files: &[&str]) -> Tessdata {
+            let dir =
+                std::env::temp_dir().join(format!("tesserve-config-{}-{test}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for file in files {
+                std::fs::write(dir.join(file), b"").unwrap();
+            }
+            Tessdata(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        fn str(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for Tessdata {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn only_a_directory_with_traineddata_in_it_counts() {
+        let empty = Tessdata::with("empty", &[]);
+        let other_files =
+            Tessdata::with("other-files", &["eng.txt", "traineddata", "eng.user-words"]);
+        let eng = Tessdata::with("eng", &["eng.traineddata"]);
+        assert!(!has_traineddata(empty.path()));
+        assert!(!has_traineddata(other_files.path()));
+        assert!(has_traineddata(eng.path()));
+        assert!(!has_traineddata(&eng.path().join("missing")));
+    }
+
+    #[test]
+    fn tessdata_flag_comes_before_tessdata_prefix_before_the_search_path() {
+        let flag = Tessdata::with("flag", &["deu.traineddata"]);
+        let prefix = Tessdata::with("prefix", &["eng.traineddata"]);
+        let system = Tessdata::with("system", &["eng.traineddata"]);
+        let search = [system.str()];
+        let resolve = |flag: Option<&Path>, prefix: Option<&Path>| {
+            resolve_tessdata(flag, prefix.map(Path::to_owned), &search).unwrap()
+        };
+        assert_eq!(resolve(Some(flag.path()), Some(prefix.path())), flag.path());
+        assert_eq!(resolve(None, Some(prefix.path())), prefix.path());
+        assert_eq!(resolve(None, None), system.path());
+        // A prefix with nothing to read in it is passed over, as Tesseract would fail on it.
+        let empty = Tessdata::with("empty-prefix", &[]);
+        assert_eq!(resolve(None, Some(empty.path())), system.path());
+    }
+
     #[test]
     fn tessdata_search_names_every_place_it_looked() {
-        let missing = PathBuf::from("/nonexistent/tessdata");
-        let found = find_tessdata(Some(missing));
-        // On a machine with Tesseract installed the search falls through to a system path.
-        match found {
-            Ok(dir) => assert!(has_traineddata(&dir)),
-            Err(ConfigError::NoTessdata { searched }) => {
-                assert!(searched.starts_with("/nonexistent/tessdata"))
-            }
-            Err(other) => panic!("{other}"),
+        let empty = Tessdata::with("searched", &["eng.txt"]);
+        let search = ["/nonexistent/tessdata/a", "/nonexistent/tessdata/b"];
+        match resolve_tessdata(None, Some(empty.path().to_owned()), &search) {
+            Err(ConfigError::NoTessdata { searched }) => assert_eq!(
+                searched,
+                format!(
+                    "{}, /nonexistent/tessdata/a, /nonexistent/tessdata/b",
+                    empty.str()
+                )
+            ),
+            other => panic!("expected NoTessdata, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_languages_come_from_the_chosen_tessdata() {
+        let dir = Tessdata::with(
+            "languages",
+            &["eng.traineddata", "osd.traineddata", "eng.txt"],
+        );
+        let pool = parse(&["--tessdata", dir.str(), "--lang", "eng"])
+            .serve
+            .engine
+            .validate()
+            .unwrap();
+        assert_eq!(pool.tessdata, dir.path());
+        assert_eq!(pool.languages.iter().collect::<Vec<_>>(), ["eng", "osd"]);
+        assert_eq!(pool.default_lang.as_str(), "eng");
+    }
+
+    #[test]
+    fn a_default_language_not_in_tessdata_is_refused_naming_what_is() {
+        let dir = Tessdata::with("missing-lang", &["eng.traineddata", "osd.traineddata"]);
+        let error = parse(&["--tessdata", dir.str(), "--lang", "eng+deu"])
+            .serve
+            .engine
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--lang: language 'deu' is not installed (installed: eng, osd)"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_tessdata_flag_is_refused_naming_it() {
+        let error = parse(&["--tessdata", "/nonexistent/tessdata"])
+            .serve
+            .engine
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Tessdata { path, .. } if path == Path::new("/nonexistent/tessdata")),
+            "{error}"
+        );
     }
 }

@@ -10,7 +10,6 @@ pub mod config;
 pub mod failure;
 pub mod identity;
 pub mod listener;
-pub mod load;
 pub mod model;
 pub mod ocr;
 pub mod oip;

@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{png, typed_request, typed_strings, TestServer};
-use tesserve::load::{self, images, render::Renderer, Kind, LoadConfig};
+use tesserve_load::{images, render::Renderer, Kind, LoadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_hostile_workload_gets_only_right_answers_and_expected_failures() {
@@ -36,7 +36,7 @@ async fn mixed_hostile_workload_gets_only_right_answers_and_expected_failures() 
             .unwrap(),
         samples: Arc::new(samples),
     };
-    let report = load::run(config).await.unwrap();
+    let report = tesserve_load::run(config).await.unwrap();
     println!("{report}");
 
     assert!(report.is_clean(), "{report}");

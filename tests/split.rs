@@ -5,10 +5,8 @@
 mod common;
 
 use common::{typed_request, typed_strings, TestServer};
-use tesserve::{
-    load::{images, render::Renderer},
-    oip::pb::model_infer_request::InferRequestedOutputTensor,
-};
+use tesserve::oip::pb::model_infer_request::InferRequestedOutputTensor;
+use tesserve_load::{images, render::Renderer};
 
 async fn read(flags: &[&str], page: &[u8]) -> (String, usize) {
     let mut s = TestServer::start(flags).await;

@@ -125,7 +125,7 @@ async fn metrics_after_a_mixed_workload() {
     at_least("tesserve_workers", 2.0);
     at_least(r#"tesserve_engines_loaded{lang="eng"}"#, 2.0);
     at_least("tesserve_ready", 1.0);
-    at_least(r#"tesserve_jobs_dropped_total{reason="abandoned"}"#, 0.0);
+    at_least(r#"tesserve_images_dropped_total{reason="abandoned"}"#, 0.0);
     at_least("process_resident_memory_bytes", 1e6);
     at_least("process_open_fds", 1.0);
     at_least("process_start_time_seconds", 1e9);

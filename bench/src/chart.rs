@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use plotters::{coord::types::RangedCoordf64, prelude::*};
-use tesserve::load::render::FONT;
+use tesserve_load::render::FONT;
 
 use crate::{Error, Results};
 

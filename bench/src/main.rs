@@ -3,9 +3,11 @@
 //!
 //! The server runs as a child process and the load comes from `tesserve-load` in another,
 //! so the three share nothing but the machine. Every figure is the median of `--runs` runs,
-//! with the range beside it.
+//! with the range beside it. The run stops at the first wrong answer, and fails after
+//! writing its figures on a gross throughput regression against the ceiling ([`guard`]).
 
 mod chart;
+mod guard;
 mod markdown;
 mod server;
 
@@ -17,10 +19,8 @@ use std::{
 
 use clap::Parser;
 use serde_json::Value;
-use tesserve::{
-    config::TESSDATA_SEARCH_PATH,
-    load::{ceiling, images, render::Renderer},
-};
+use tesserve::config::TESSDATA_SEARCH_PATH;
+use tesserve_load::{ceiling, images, render::Renderer};
 
 use server::Server;
 
@@ -364,6 +364,7 @@ fn run(args: &Args) -> Result<(), Error> {
     chart::draw(&results, &args.chart)?;
     std::fs::write(&args.out, markdown::render(&results, &args.chart))?;
     eprintln!("wrote {} and {}", args.out.display(), args.chart.display());
+    guard::check(&results)?;
     Ok(())
 }
 

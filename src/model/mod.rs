@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::{
     ocr::{
-        EngineError, EnginePool, ImageInput, Job, JobError, OcrOptions, OcrResult, OutputKind,
-        OutputSet,
+        EngineError, EnginePool, ImageInput, OcrOptions, OcrResult, OutputKind, OutputSet, Task,
+        TaskError,
     },
     telemetry::{self, metrics},
 };
@@ -216,7 +216,7 @@ impl Model {
             ("expired", dropped.expired),
             ("cancelled", dropped.cancelled),
         ] {
-            counter!(metrics::JOBS_DROPPED, "reason" => reason).absolute(count as u64);
+            counter!(metrics::IMAGES_DROPPED, "reason" => reason).absolute(count as u64);
         }
         counter!(metrics::PAGES_SPLIT).absolute(pool.pages_split() as u64);
         for (lang, count) in pool.engines_loaded() {
@@ -338,7 +338,7 @@ impl Model {
             })
             .collect();
         let mut pending = Vec::new();
-        let jobs: Vec<Job> = request
+        let tasks: Vec<Task> = request
             .images
             .into_iter()
             .enumerate()
@@ -346,7 +346,7 @@ impl Model {
             .map(|(index, image)| {
                 pending.push(index);
                 histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
-                Job {
+                Task {
                     // Span numbers as i64: OpenTelemetry has no unsigned integers.
                     span: tracing::info_span!(
                         "image",
@@ -360,9 +360,9 @@ impl Model {
                 }
             })
             .collect();
-        let receivers = match jobs.is_empty() {
+        let receivers = match tasks.is_empty() {
             true => Vec::new(),
-            false => self.pool.submit(jobs)?,
+            false => self.pool.submit(tasks)?,
         };
 
         // Dropping the receivers (on an error or at the deadline) cancels the images still
@@ -372,7 +372,7 @@ impl Model {
                 let reply = receiver
                     .await
                     .map_err(|_| InferError::Internal("an engine worker exited".into()))?;
-                let result = reply.map_err(|error| job_error(index, error))?;
+                let result = reply.map_err(|error| task_error(index, error))?;
                 if let (Some(cache), Some(key)) = (&self.cache, &keys[index]) {
                     cache.insert(*key, &result);
                 }
@@ -413,11 +413,11 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-fn job_error(index: usize, error: JobError) -> InferError {
+fn task_error(index: usize, error: TaskError) -> InferError {
     match error {
-        JobError::Image(source) => InferError::Image { index, source },
-        JobError::DeadlineExceeded => InferError::DeadlineExceeded,
-        JobError::Engine(EngineError::Cancelled) => InferError::Cancelled,
+        TaskError::Image(source) => InferError::Image { index, source },
+        TaskError::DeadlineExceeded => InferError::DeadlineExceeded,
+        TaskError::Engine(EngineError::Cancelled) => InferError::Cancelled,
         other => InferError::Internal(format!("input 'image'[{index}]: {other}")),
     }
 }

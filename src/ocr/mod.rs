@@ -12,4 +12,4 @@ mod split;
 pub use self::engine::{EngineError, OcrResult, Timings, Word};
 pub use self::image::{ImageError, ImageInput, ImageLimits, RawPixels};
 pub use self::options::{Lang, LangError, Languages, OcrOptions, OutputKind, OutputSet, Psm};
-pub use self::pool::{Dropped, EnginePool, Job, JobError, PoolConfig, PoolError, QueueFull};
+pub use self::pool::{Dropped, EnginePool, PoolConfig, PoolError, QueueFull, Task, TaskError};

@@ -47,13 +47,14 @@ pub struct PoolConfig {
     pub split_pages: bool,
 }
 
-/// One image to recognise.
+/// One image to recognise: the unit the queue holds and an engine takes, one element of a
+/// request's batch. (Not a "job": that word names work a client submits and collects later.)
 #[derive(Debug)]
-pub struct Job {
+pub struct Task {
     pub image: ImageInput,
     pub options: Arc<OcrOptions>,
     pub outputs: OutputSet,
-    /// Past this instant the job is dropped if still queued, and cancelled inside Tesseract if
+    /// Past this instant the task is dropped if still queued, and cancelled inside Tesseract if
     /// running.
     pub deadline: Option<Instant>,
     /// The trace span of this image; queue wait, decoding and recognition are its children.
@@ -61,7 +62,7 @@ pub struct Job {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub enum TaskError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("deadline exceeded")]
@@ -92,12 +93,12 @@ enum State {
     Failed(String),
 }
 
-pub type Reply = Result<OcrResult, JobError>;
+pub type Reply = Result<OcrResult, TaskError>;
 
 struct Envelope {
-    job: Job,
+    task: Task,
     enqueued: Instant,
-    /// Open while the job waits; closed when a worker takes it.
+    /// Open while the task waits; closed when a worker takes it.
     queue_span: tracing::Span,
     reply: oneshot::Sender<Reply>,
 }
@@ -117,7 +118,7 @@ pub struct EnginePool {
 #[derive(Default)]
 struct Counters {
     queued: AtomicUsize,
-    /// Jobs ever queued and ever taken by a worker: a scraped queue depth misses spikes, these
+    /// Tasks ever queued and ever taken by a worker: a scraped queue depth misses spikes, these
     /// do not.
     pushed: AtomicUsize,
     popped: AtomicUsize,
@@ -140,7 +141,7 @@ impl Counters {
     }
 }
 
-/// Jobs that never produced a result, by reason. Monotonic.
+/// Tasks that never produced a result, by reason. Monotonic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
     /// The caller had gone before an engine was free: Tesseract never ran.
@@ -161,7 +162,7 @@ impl EnginePool {
                  pool's workers and recognition will slow down"
             );
         }
-        let (queue, jobs) = crossbeam_channel::unbounded();
+        let (queue, tasks) = crossbeam_channel::unbounded();
         // Strips offered to idle workers; not counted as queued images.
         let (help, helping) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
@@ -170,7 +171,7 @@ impl EnginePool {
         for index in 0..config.workers.get() {
             let worker = Worker {
                 config: config.clone(),
-                jobs: jobs.clone(),
+                tasks: tasks.clone(),
                 help: help.clone(),
                 helping: helping.clone(),
                 counters: counters.clone(),
@@ -211,10 +212,10 @@ impl EnginePool {
         *self.state.borrow() == State::Ready
     }
 
-    /// Queues a batch, all or nothing. Each receiver yields the result of the job at the same
+    /// Queues a batch, all or nothing. Each receiver yields the result of the task at the same
     /// index.
-    pub fn submit(&self, jobs: Vec<Job>) -> Result<Vec<oneshot::Receiver<Reply>>, QueueFull> {
-        let requested = jobs.len();
+    pub fn submit(&self, tasks: Vec<Task>) -> Result<Vec<oneshot::Receiver<Reply>>, QueueFull> {
+        let requested = tasks.len();
         self.counters
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
@@ -227,13 +228,13 @@ impl EnginePool {
             })?;
         self.counters.pushed.fetch_add(requested, Ordering::Relaxed);
         let enqueued = Instant::now();
-        let receivers = jobs
+        let receivers = tasks
             .into_iter()
-            .map(|job| {
+            .map(|task| {
                 let (reply, receiver) = oneshot::channel();
                 let envelope = Envelope {
-                    queue_span: tracing::info_span!(parent: &job.span, "queue_wait"),
-                    job,
+                    queue_span: tracing::info_span!(parent: &task.span, "queue_wait"),
+                    task,
                     enqueued,
                     reply,
                 };
@@ -278,7 +279,7 @@ impl EnginePool {
         self.counters.busy.load(Ordering::Acquire)
     }
 
-    /// Jobs ever queued and ever taken from the queue.
+    /// Tasks ever queued and ever taken from the queue.
     pub fn pushed_popped(&self) -> (usize, usize) {
         let load = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
         (load(&self.counters.pushed), load(&self.counters.popped))
@@ -307,7 +308,7 @@ impl EnginePool {
 
 struct Worker {
     config: PoolConfig,
-    jobs: Receiver<Envelope>,
+    tasks: Receiver<Envelope>,
     /// Pages being split, for idle workers to take strips of.
     help: Sender<Arc<Split>>,
     helping: Receiver<Arc<Split>>,
@@ -333,20 +334,20 @@ impl Worker {
                 return;
             }
         }
-        // A job's own panics are caught in `serve`; should anything else panic, the worker
+        // A task's own panics are caught in `serve`; should anything else panic, the worker
         // carries on with fresh engines instead of leaving the pool one thread short.
-        while catch_unwind(AssertUnwindSafe(|| self.take_jobs())).is_err() {
+        while catch_unwind(AssertUnwindSafe(|| self.take_tasks())).is_err() {
             self.reset_engines();
             tracing::error!("engine worker panicked; it goes on with fresh engines");
         }
     }
 
-    /// Serves jobs, and strips of other workers' pages, until the pool (the only sender of
-    /// jobs) is dropped and the queue is drained.
-    fn take_jobs(&mut self) {
+    /// Serves tasks, and strips of other workers' pages, until the pool (the only sender of
+    /// tasks) is dropped and the queue is drained.
+    fn take_tasks(&mut self) {
         loop {
             select! {
-                recv(self.jobs) -> envelope => match envelope {
+                recv(self.tasks) -> envelope => match envelope {
                     Ok(envelope) => {
                         self.counters.queued.fetch_sub(1, Ordering::AcqRel);
                         self.counters.popped.fetch_add(1, Ordering::Relaxed);
@@ -376,7 +377,7 @@ impl Worker {
             }));
             let result = outcome.unwrap_or_else(|_| {
                 self.reset_engines();
-                Err(JobError::Panicked)
+                Err(TaskError::Panicked)
             });
             split.finish(index, result);
         }
@@ -413,7 +414,7 @@ impl Worker {
 
     fn serve(&mut self, envelope: Envelope) {
         let Envelope {
-            job,
+            task,
             enqueued,
             queue_span,
             reply,
@@ -425,24 +426,24 @@ impl Worker {
             self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let deadline = job.deadline;
+        let deadline = task.deadline;
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         if expired() {
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(Err(JobError::DeadlineExceeded));
+            let _ = reply.send(Err(TaskError::DeadlineExceeded));
             return;
         }
         let cancel = || expired() || reply.is_closed();
 
         self.counters.busy.fetch_add(1, Ordering::AcqRel);
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.recognize(job, &cancel)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.recognize(task, &cancel)));
         self.counters.busy.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(Err(JobError::Engine(EngineError::Cancelled))) = outcome {
+        if let Ok(Err(TaskError::Engine(EngineError::Cancelled))) = outcome {
             self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }
         let result = match outcome {
-            Ok(Err(JobError::Engine(EngineError::Cancelled))) if expired() => {
-                Err(JobError::DeadlineExceeded)
+            Ok(Err(TaskError::Engine(EngineError::Cancelled))) if expired() => {
+                Err(TaskError::DeadlineExceeded)
             }
             Ok(result) => result.map(|mut result| {
                 result.timings.queue = queue_time;
@@ -451,34 +452,34 @@ impl Worker {
             Err(_) => {
                 self.reset_engines();
                 tracing::error!("recognition panicked; the worker's engines were reset");
-                Err(JobError::Panicked)
+                Err(TaskError::Panicked)
             }
         };
         let _ = reply.send(result);
     }
 
-    fn recognize(&mut self, job: Job, cancel: &dyn Fn() -> bool) -> Result<OcrResult, JobError> {
+    fn recognize(&mut self, task: Task, cancel: &dyn Fn() -> bool) -> Result<OcrResult, TaskError> {
         let started = Instant::now();
         let limits = self.config.limits;
-        let pixels = tracing::info_span!(parent: &job.span, "decode")
-            .in_scope(|| job.image.decode(&limits))?;
+        let pixels = tracing::info_span!(parent: &task.span, "decode")
+            .in_scope(|| task.image.decode(&limits))?;
         let decode_time = started.elapsed();
         let span = tracing::info_span!(
-            parent: &job.span,
+            parent: &task.span,
             "recognize",
-            lang = job.options.lang.as_str(),
+            lang = task.options.lang.as_str(),
             width = i64::from(pixels.width()),
             height = i64::from(pixels.height()),
         );
         let _entered = span.enter();
-        let mut result = match self.plan_split(&job.options, job.outputs, &pixels) {
+        let mut result = match self.plan_split(&task.options, task.outputs, &pixels) {
             Some(strips) => {
                 let recognising = Instant::now();
                 let split = Arc::new(Split::new(
                     strips,
-                    job.options.clone(),
-                    job.outputs,
-                    job.deadline,
+                    task.options.clone(),
+                    task.outputs,
+                    task.deadline,
                 ));
                 for _ in 1..split.len() {
                     let _ = self.help.send(split.clone());
@@ -490,8 +491,8 @@ impl Worker {
                 joined
             }
             None => {
-                let engine = self.engine(&job.options.lang)?;
-                engine.recognize(&pixels, &job.options, job.outputs, cancel)?
+                let engine = self.engine(&task.options.lang)?;
+                engine.recognize(&pixels, &task.options, task.outputs, cancel)?
             }
         };
         result.timings.decode = decode_time;

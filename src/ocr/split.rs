@@ -28,7 +28,7 @@ use super::{
     engine::OcrResult,
     image::Pixels,
     options::{OcrOptions, OutputKind, OutputSet},
-    pool::JobError,
+    pool::TaskError,
 };
 
 /// Pages smaller than this are not worth splitting: about an A5 page at 150 dpi.
@@ -42,7 +42,7 @@ const NEIGHBOURS: usize = 3;
 /// Consecutive lines whose shared blank columns make a gutter.
 const GUTTER_LINES: usize = 3;
 
-/// Whether a job may be split at all: text and confidence can be joined; words, hOCR and TSV
+/// Whether a task may be split at all: text and confidence can be joined; words, hOCR and TSV
 /// carry page coordinates and layout that strips would change. Only the page segmentation
 /// modes that read a page as blocks top to bottom qualify.
 pub fn allowed(options: &OcrOptions, outputs: OutputSet, pixels: &Pixels) -> bool {
@@ -185,7 +185,7 @@ pub struct Split {
     pub outputs: OutputSet,
     strips: Vec<Mutex<Option<Pixels>>>,
     next: AtomicUsize,
-    results: Mutex<Vec<Option<Result<OcrResult, JobError>>>>,
+    results: Mutex<Vec<Option<Result<OcrResult, TaskError>>>>,
     finished: Condvar,
     /// Set by the owner when the caller left or the deadline passed.
     cancelled: AtomicBool,
@@ -227,7 +227,7 @@ impl Split {
         Some((index, pixels))
     }
 
-    pub fn finish(&self, index: usize, result: Result<OcrResult, JobError>) {
+    pub fn finish(&self, index: usize, result: Result<OcrResult, TaskError>) {
         let mut results = self.results.lock().unwrap_or_else(PoisonError::into_inner);
         results[index] = Some(result);
         self.finished.notify_all();
@@ -240,7 +240,7 @@ impl Split {
 
     /// Waits for every strip, checking `cancel` now and then; the joined result, or the first
     /// strip's error.
-    pub fn join(&self, cancel: &dyn Fn() -> bool) -> Result<OcrResult, JobError> {
+    pub fn join(&self, cancel: &dyn Fn() -> bool) -> Result<OcrResult, TaskError> {
         let mut results = self.results.lock().unwrap_or_else(PoisonError::into_inner);
         while results.iter().any(Option::is_none) {
             if cancel() {

@@ -25,7 +25,7 @@ pub const QUEUE_DEPTH: &str = "tesserve_queue_depth";
 pub const QUEUE_CAPACITY: &str = "tesserve_queue_capacity";
 pub const QUEUE_PUSHED: &str = "tesserve_queue_pushed_total";
 pub const QUEUE_POPPED: &str = "tesserve_queue_popped_total";
-pub const JOBS_DROPPED: &str = "tesserve_jobs_dropped_total";
+pub const IMAGES_DROPPED: &str = "tesserve_images_dropped_total";
 pub const PAGES_SPLIT: &str = "tesserve_pages_split_total";
 pub const WORKERS: &str = "tesserve_workers";
 pub const ENGINES_BUSY: &str = "tesserve_engines_busy";
@@ -128,7 +128,7 @@ fn describe() {
         "Images ever taken from the queue by an engine."
     );
     describe_counter!(
-        JOBS_DROPPED,
+        IMAGES_DROPPED,
         "Images dropped before or during recognition, by reason."
     );
     describe_counter!(

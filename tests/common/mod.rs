@@ -7,11 +7,9 @@ pub mod served;
 use clap::Parser;
 use image::{GrayImage, ImageFormat};
 use tesserve::{
-    config::Cli,
-    load::render::{encode, Renderer},
-    oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient,
-    server::Server,
+    config::Cli, oip::pb::grpc_inference_service_client::GrpcInferenceServiceClient, server::Server,
 };
+use tesserve_load::render::{encode, Renderer};
 use tonic::transport::Channel;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
@@ -132,7 +130,7 @@ pub fn png(lines: &[&str]) -> Vec<u8> {
     render(lines, ImageFormat::Png)
 }
 
-pub use tesserve::load::images::distance;
+pub use tesserve_load::images::distance;
 
 /// Asserts OCR text matches what was rendered, allowing at most `slack` character edits.
 #[track_caller]

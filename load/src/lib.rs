@@ -4,6 +4,14 @@
 //! client abandons and requests with deadlines too short to meet. Every answer is judged:
 //! a recognised text must match the text drawn on its own image, and every failure must be
 //! the one that kind of request deserves.
+//!
+//! Beside it: [`render`] and [`images`] draw test images from known text (the integration
+//! tests use them too), and [`ceiling`] runs raw Tesseract, the yardstick `make bench`
+//! compares the server against.
+//!
+//! A crate of its own, beside the server rather than inside it: the font rasteriser and the
+//! client side of the protocols are for tests, benchmarks and load runs, and the image that
+//! serves carries none of it. It depends on `tesserve` only for the generated OIP client.
 
 pub mod ceiling;
 pub mod images;
@@ -23,8 +31,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use report::{Latency, Report};
 
-use crate::oip::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 use images::{Rng, Sample};
+use tesserve::oip::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 
 /// The deadline of `ShortDeadline` requests: far less than a long image needs.
 const SHORT_DEADLINE: Duration = Duration::from_millis(20);

@@ -4,7 +4,7 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
-use tesserve::load::{self, images, render::Renderer, LoadConfig, Mix};
+use tesserve_load::{images, render::Renderer, LoadConfig, Mix};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -106,7 +106,7 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(load::run(config))?;
+    let report = runtime.block_on(tesserve_load::run(config))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
