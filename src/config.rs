@@ -59,6 +59,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 5.0;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: f64 = 30.0;
 /// Log filter when `RUST_LOG` is not set.
 pub const DEFAULT_LOG_FILTER: &str = "info";
+/// The standard OpenTelemetry variable naming the trace collector; no traces when unset.
+pub const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
 /// A variable read by a library underneath rather than by clap, listed here so that the
 /// configuration reference (`reference()`, the README) names every knob in one place.
@@ -79,7 +81,7 @@ pub const ENVIRONMENT_ONLY: &[EnvironmentVariable] = &[
             failed TLS handshakes",
     },
     EnvironmentVariable {
-        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        name: OTLP_ENDPOINT_VAR,
         default: "unset (no traces)",
         meaning: "OTLP/gRPC collector to send traces to; the other standard `OTEL_*` \
             variables apply",

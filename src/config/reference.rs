@@ -201,7 +201,7 @@ fn mebibytes(arg: &Arg, values: &[String]) -> Option<u64> {
         [one] if arg.get_long()?.ends_with("-bytes") => one.parse().ok()?,
         _ => return None,
     };
-    (bytes >= 1 << 20 && bytes % (1 << 20) == 0).then_some(bytes >> 20)
+    (bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20)).then_some(bytes >> 20)
 }
 
 /// `FILES…` for a positional argument that takes several values.

@@ -57,7 +57,7 @@ pub struct TelemetryError {
 /// exporting. A second call (tests start many servers) changes nothing.
 pub fn init(format: LogFormat, otlp_endpoint: Option<String>) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let endpoint = otlp_endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let endpoint = otlp_endpoint.or_else(|| std::env::var(crate::config::OTLP_ENDPOINT_VAR).ok());
     let tracer = endpoint
         .filter(|e| !e.is_empty())
         .map(tracer_provider)
