@@ -13,7 +13,7 @@ APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-de
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: help deps build release load-tool run test test-rust test-clients lint fmt fuzz bench clean
+.PHONY: help deps build release load-tool run test test-rust test-clients lint fmt readme fuzz bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not pa
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+readme: ## Regenerate README.md's configuration tables from the doc comments in src/config.rs
+	UPDATE_README=1 $(CARGO) test --locked --test readme readme_configuration_reference
 
 clean: ## Remove build output and the test venvs
 	$(CARGO) clean

@@ -26,6 +26,10 @@ pub use crate::{
     telemetry::LogFormat,
 };
 
+mod reference;
+
+pub use reference::reference;
+
 pub const DEFAULT_BIND: &str = "0.0.0.0";
 /// KServe's convention for the gRPC (h2c) port.
 pub const DEFAULT_GRPC_PORT: u16 = 8081;
@@ -58,6 +62,36 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 5.0;
 /// After SIGTERM, how long in-flight work may take before the process exits anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: f64 = 30.0;
+/// Log filter when `RUST_LOG` is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+/// The standard OpenTelemetry variable naming the trace collector; no traces when unset.
+pub const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// A variable read by a library underneath rather than by clap, listed here so that the
+/// configuration reference (`reference()`, the README) names every knob in one place.
+#[derive(Debug)]
+pub struct EnvironmentVariable {
+    pub name: &'static str,
+    /// Markdown: what happens when it is not set.
+    pub default: &'static str,
+    /// Markdown.
+    pub meaning: &'static str,
+}
+
+pub const ENVIRONMENT_ONLY: &[EnvironmentVariable] = &[
+    EnvironmentVariable {
+        name: "RUST_LOG",
+        default: "`info`",
+        meaning: "Log filter (`tracing` directives), e.g. `info,tesserve::listener=debug` to see \
+            failed TLS handshakes",
+    },
+    EnvironmentVariable {
+        name: OTLP_ENDPOINT_VAR,
+        default: "unset (no traces)",
+        meaning: "OTLP/gRPC collector to send traces to; the other standard `OTEL_*` \
+            variables apply",
+    },
+];
 
 /// Where Debian, Ubuntu and source installs put traineddata, searched in this order when
 /// neither `--tessdata` nor `TESSDATA_PREFIX` is set.
@@ -83,7 +117,7 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// Log line format: `text` for people, `json` for log collectors.
+    /// Log line format.
     #[arg(
         long,
         global = true,
@@ -105,15 +139,15 @@ pub enum Command {
 
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address both ports listen on.
     #[arg(long, env = "TESSERVE_BIND", default_value = DEFAULT_BIND)]
     pub bind: IpAddr,
 
-    /// gRPC port (h2c). 0 picks a free port.
+    /// gRPC port (h2c, or TLS with `--tls-cert`); 0 picks a free one.
     #[arg(long = "grpc-port", alias = "grpc_port", env = "TESSERVE_GRPC_PORT", default_value_t = DEFAULT_GRPC_PORT)]
     pub grpc_port: u16,
 
-    /// REST port, for the REST transcoder.
+    /// REST port, which serves gRPC too; 0 picks a free one.
     #[arg(long = "http-port", alias = "http_port", env = "TESSERVE_HTTP_PORT", default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
 
@@ -121,7 +155,7 @@ pub struct ServeArgs {
     #[arg(long = "model-name", alias = "model_name", env = "TESSERVE_MODEL_NAME", default_value = DEFAULT_MODEL_NAME)]
     pub model_name: String,
 
-    /// Largest gRPC message or REST request body accepted (and gRPC message sent), in bytes.
+    /// Largest gRPC message in or out, and largest REST request body, in bytes.
     #[arg(long, env = "TESSERVE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
@@ -129,11 +163,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_MAX_UPLOAD_FILES", default_value_t = DEFAULT_MAX_UPLOAD_FILES)]
     pub max_upload_files: usize,
 
-    /// Inference requests served at once; more are refused at once with UNAVAILABLE / 503.
+    /// Inferences running or waiting at once; more are refused at once (shed) with
+    /// `UNAVAILABLE` / 503.
     #[arg(long, env = "TESSERVE_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
     pub max_concurrent_requests: usize,
 
-    /// Seconds any inference may take; caps the client's grpc-timeout / x-request-timeout.
+    /// Seconds any inference may take; caps the client's `grpc-timeout` /
+    /// `x-request-timeout`.
     #[arg(long, env = "TESSERVE_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout: f64,
 
@@ -141,7 +177,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_HEADER_READ_TIMEOUT", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
     pub header_read_timeout: f64,
 
-    /// Seconds a REST-port request body may go without sending a byte before it is failed.
+    /// Seconds a REST-port request body may go without sending a byte before it fails with
+    /// 400.
     #[arg(long, env = "TESSERVE_BODY_READ_TIMEOUT", default_value_t = DEFAULT_BODY_READ_TIMEOUT_SECS)]
     pub body_read_timeout: f64,
 
@@ -158,8 +195,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
     pub shutdown_timeout: f64,
 
-    /// API keys: lines `tenant:<hex SHA-256 of the key>[:rps[:burst]]`. When set, every
-    /// request except probes, metrics and API descriptions needs a key.
+    /// API keys, one line per tenant: `tenant:<hex SHA-256 of the key>[:rps[:burst]]`. When
+    /// set, every request except probes, metrics and API descriptions needs a key. Default:
+    /// none, and no request needs a key.
     #[arg(long, env = "TESSERVE_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
@@ -168,16 +206,19 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERVE_RATE_LIMIT_RPS", default_value_t = 0.0)]
     pub rate_limit_rps: f64,
 
-    /// Requests a tenant may make at once above its rate; default: the rate, rounded up.
+    /// Requests a tenant may make at once above its rate (the bucket's size). Default: the
+    /// rate, rounded up.
     #[arg(long, env = "TESSERVE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
 
-    /// Bytes of recognised results to keep, so identical images with identical options are
-    /// answered without running Tesseract again; 0 turns the cache off.
+    /// Bytes of recognised results to keep, so the same image bytes with the same options
+    /// and outputs are answered without running Tesseract again; 0 turns the cache off. See
+    /// `tesserve_cache_lookups_total` and `tesserve_cache_bytes`.
     #[arg(long, env = "TESSERVE_CACHE_BYTES", default_value_t = 0)]
     pub cache_bytes: usize,
 
-    /// PEM certificate chain: serve TLS on both ports. Reloaded on change and on SIGHUP.
+    /// PEM certificate chain: serve TLS on both ports, re-read on change and on SIGHUP.
+    /// Default: none, plaintext (h2c for gRPC), as behind a mesh sidecar.
     #[arg(long, env = "TESSERVE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
@@ -186,7 +227,8 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA bundle: clients must present a certificate it signed (mutual TLS) for anything
-    /// but probes, metrics and API descriptions; the certificate names the caller.
+    /// but probes, metrics and API descriptions; the certificate names the caller. Default:
+    /// none, and no client certificate is asked for.
     #[arg(long, env = "TESSERVE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
@@ -195,7 +237,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub check_config: bool,
 
-    /// Hosts `/read_ocr` may fetch image URLs from (comma-separated). Empty: URLs are refused.
+    /// Hosts `/read_ocr` may fetch image URLs from, comma-separated. Default: none, and image
+    /// URLs are refused.
     #[arg(long, env = "TESSERVE_ALLOW_URL_FETCH", value_delimiter = ',')]
     pub allow_url_fetch: Vec<String>,
 
@@ -206,30 +249,30 @@ pub struct ServeArgs {
 #[derive(Clone, Debug, Args)]
 pub struct EngineArgs {
     /// Engine worker threads, each with its own Tesseract engine. Default: the CPUs available
-    /// to the process (cgroup limits included).
+    /// to the process, cgroup limits included.
     #[arg(long, env = "TESSERVE_WORKERS")]
     pub workers: Option<NonZeroUsize>,
 
-    /// Images that may wait for an engine; beyond this, requests fail fast with UNAVAILABLE.
+    /// Images that may wait for an engine; beyond this, requests fail fast with `UNAVAILABLE`.
     #[arg(long, env = "TESSERVE_QUEUE_CAPACITY", default_value = DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: NonZeroUsize,
 
-    /// Engines (one per language combination) each worker keeps loaded.
+    /// Language combinations each worker keeps loaded, one engine each; beyond this the
+    /// least recently used is dropped.
     #[arg(long, env = "TESSERVE_ENGINES_PER_WORKER", default_value = DEFAULT_ENGINES_PER_WORKER)]
     pub engines_per_worker: NonZeroUsize,
 
-    /// Directory holding `*.traineddata`. Default: $TESSDATA_PREFIX, then the usual system
-    /// locations.
+    /// Directory holding `*.traineddata`. Default: `$TESSDATA_PREFIX`, then
+    /// `/usr/share/tesseract-ocr/5/tessdata` and the other places Debian, Ubuntu and source
+    /// installs use.
     #[arg(long, env = "TESSERVE_TESSDATA")]
     pub tessdata: Option<PathBuf>,
 
-    /// Default recognition language(s), e.g. `eng` or `eng+deu`; preloaded at start.
+    /// Default recognition language(s), e.g. `eng` or `eng+deu`; preloaded on every worker.
     #[arg(long, env = "TESSERVE_LANG", default_value = DEFAULT_LANG)]
     pub lang: String,
 
-    /// Big pages (2 Mpx and more) arriving while engines are idle are cut between lines,
-    /// where the page is a single column, and recognised on several engines at once; `off`
-    /// always uses one engine per page.
+    /// Whether one big page may be read on several engines at once.
     #[arg(long, env = "TESSERVE_SPLIT_PAGES", value_enum, default_value_t = SplitPages::Auto)]
     pub split_pages: SplitPages,
 
@@ -245,7 +288,12 @@ pub struct EngineArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SplitPages {
+    /// A page of 2 Mpx or more that arrives while engines are idle is cut between lines into
+    /// strips of equal ink, only where the page is a single column (columns are never
+    /// interleaved), and read on the idle engines at once (only for the text and confidence
+    /// outputs, and page segmentation modes 1, 3, 4 and 6).
     Auto,
+    /// One engine per page.
     Off,
 }
 

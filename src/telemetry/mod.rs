@@ -21,10 +21,11 @@ pub use self::access::{note_inference, note_outcome, AccessLayer, Arrived};
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Text on a terminal, JSON otherwise.
+    /// Text when stderr is a terminal, JSON otherwise.
     Auto,
+    /// Plain lines, for people.
     Text,
-    /// One JSON object a line, for log collectors.
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -66,13 +67,14 @@ pub struct TelemetryError {
 /// exporting. A second call (tests start many servers) changes nothing.
 pub fn init(format: LogFormat, otlp_endpoint: Option<String>) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let endpoint = otlp_endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let endpoint = otlp_endpoint.or_else(|| std::env::var(crate::config::OTLP_ENDPOINT_VAR).ok());
     let tracer = endpoint
         .filter(|e| !e.is_empty())
         .map(tracer_provider)
         .transpose()?;
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_FILTER));
     let format = match format {
         LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Text,
         LogFormat::Auto => LogFormat::Json,
