@@ -142,14 +142,7 @@ async fn an_image_over_the_byte_limit_is_too_large_in_every_protocol() {
     assert!(status.message().contains("'image'[0]"), "{status:?}");
 
     // The access log's outcome and the metrics read the same reason.
-    let metrics = http
-        .get(format!("{}/metrics", s.http()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&http, format!("{}/metrics", s.http())).await;
     for endpoint in [
         "/predict",
         "/v2/models/{model}/infer",
@@ -281,14 +274,7 @@ async fn every_listed_endpoint_is_routed_and_only_the_documented_ones_are_open()
         .filter_map(Value::as_str)
         .filter(|e| !e.starts_with("gRPC"))
         .collect();
-    let document: Value = http
-        .get(format!("{}/openapi.json", s.http()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = common::get_json(&http, format!("{}/openapi.json", s.http())).await;
     let documented = document["paths"].as_object().unwrap();
     assert!(endpoints.len() >= 17, "{endpoints:?}");
 

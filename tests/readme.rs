@@ -262,14 +262,7 @@ async fn readme_openssl_recipe_makes_certificates_for_mutual_tls() {
     common::assert_text(answer["text"].as_str().unwrap(), "Signed by openssl", 1);
 
     // The certificate's URI SAN is the tenant: it labels the request in the metrics.
-    let metrics = anonymous
-        .get(format!("https://localhost:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&anonymous, format!("https://localhost:{port}/metrics")).await;
     let tenant = r#"tenant="spiffe://example.org/ns/apps/sa/reader""#;
     assert!(
         metrics

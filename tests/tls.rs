@@ -269,15 +269,11 @@ async fn mutual_tls_admits_only_clients_of_the_ca() {
 
     // Each refusal is counted under the reason rustls gave, so an operator can tell a wrong
     // certificate from a network fault.
-    let metrics = format!("https://{}/metrics", server.http_addr());
-    let metrics = anonymous
-        .get(&metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(
+        &anonymous,
+        format!("https://{}/metrics", server.http_addr()),
+    )
+    .await;
     for reason in ["unknown_issuer", "expired", "protocol"] {
         let series = format!("tesserve_tls_handshake_failures_total{{reason=\"{reason}\"}}");
         assert!(
@@ -342,14 +338,7 @@ async fn rotated_certificates_are_served_without_dropping_connections() {
     let failed_reload = "tesserve_tls_reloads_total{outcome=\"error\"}";
     let mut seen = false;
     for _ in 0..100 {
-        let text = rest
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::get_text(&rest, &metrics).await;
         if text.lines().any(|line| line.starts_with(failed_reload)) {
             seen = true;
             break;

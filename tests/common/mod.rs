@@ -176,3 +176,13 @@ pub fn frame(elements: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// The body of a GET, as text; the test fails on a connection error.
+pub async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The body of a GET, as JSON.
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
