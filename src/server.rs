@@ -336,7 +336,7 @@ async fn serve(
             },
         ));
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(connection), service)
+            .serve_connection(TokioIo::new(connection), service)
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {

@@ -291,3 +291,31 @@ async fn a_request_body_that_stalls_is_failed() {
     .expect("a stalled body was waited for without end");
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_grpc_stream_that_stalls_is_failed_on_the_grpc_port_too() {
+    // Both ports are one serving stack, so the body-read timeout holds on the gRPC port: a
+    // stream that never sends its first message is ended instead of held open.
+    let s = TestServer::start(&["--body-read-timeout", "0.5"]).await;
+    let mut client = s.client.clone();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async move {
+        let stalled = futures::stream::pending::<pb::ModelInferRequest>();
+        match client.model_stream_infer(stalled).await {
+            Err(status) => Err(status),
+            Ok(responses) => responses.into_inner().message().await.map(|_| ()),
+        }
+    })
+    .await
+    .expect("a stalled gRPC stream was waited for without end");
+    assert!(outcome.is_err(), "a stalled stream ended as a success");
+}
+
+#[tokio::test]
+async fn the_grpc_port_speaks_only_http2() {
+    let s = TestServer::start(&["--workers", "1"]).await;
+    let http1 = reqwest::get(format!("http://{}/healthz", s.addr())).await;
+    assert!(
+        http1.is_err(),
+        "HTTP/1.1 was served on the gRPC port: {http1:?}"
+    );
+}
