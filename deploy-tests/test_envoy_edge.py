@@ -6,6 +6,7 @@ over h2c and once over mutual TLS with a SPIFFE client certificate as Istio's ga
 import base64
 import contextlib
 import copy
+import dataclasses
 import http.client
 import io
 import json
@@ -15,12 +16,13 @@ import ssl
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from conftest import GRPCURL, ROOT, VENV_BIN, free_port, load_all, one, tesserve
+from conftest import GRPCURL, ROOT, VENV_BIN, free_port, load_all, tesserve
 
 ENVOY = str(VENV_BIN / "envoy")
 ISTIO = ROOT / "istio"
@@ -209,12 +211,22 @@ def tls_context(certs: dict[str, str], client: str | None) -> ssl.SSLContext:
     return context
 
 
+def connect(port: int, context: ssl.SSLContext | None = None, timeout: float = 60) -> http.client.HTTPConnection:
+    """An HTTP/1.1 connection to a loopback port, over TLS with `context`."""
+    if context:
+        return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+@dataclasses.dataclass
 class Edge:
     """Envoy on `port` in front of tesserve's ports; `log` is tesserve's, `envoy_log` Envoy's."""
-
-    def __init__(self, port, grpc_port, http_port, log, envoy_log, certs=None):
-        self.port, self.grpc_port, self.http_port = port, grpc_port, http_port
-        self.log, self.envoy_log, self.certs = log, envoy_log, certs
+    port: int
+    grpc_port: int
+    http_port: int
+    log: pathlib.Path
+    envoy_log: pathlib.Path
+    certs: dict[str, str] | None
 
     def access_log(self) -> list[dict]:
         lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
@@ -222,9 +234,9 @@ class Edge:
 
 
 @contextlib.contextmanager
-def envoy(bootstrap: dict, directory) -> tuple[int, object]:
-    """Envoy serving `bootstrap`, up once its listener accepts; its log (warnings and worse) in
-    directory/envoy.log. Stopped on exit."""
+def envoy(bootstrap: dict, directory: pathlib.Path) -> Iterator[tuple[int, pathlib.Path]]:
+    """Envoy serving `bootstrap`, yielded (its port, its log of warnings and worse) once its
+    listener accepts; stopped on exit."""
     config, log = directory / "envoy.json", directory / "envoy.log"
     config.write_text(json.dumps(bootstrap, indent=1))
     port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
@@ -235,11 +247,11 @@ def envoy(bootstrap: dict, directory) -> tuple[int, object]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert process.poll() is None, f"envoy exited:\n{log.read_text()}"
+            assert process.poll() is None, f"envoy exited:\n{log.read_text()[-3000:]}"
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            assert time.monotonic() < deadline, f"envoy not listening within 30 s:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"envoy not listening within 30 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.1)
         yield port, log
     finally:
@@ -247,23 +259,20 @@ def envoy(bootstrap: dict, directory) -> tuple[int, object]:
         process.wait(timeout=30)
 
 
-def start_edge(tmp_path_factory, name: str, certs: dict[str, str] | None):
-    directory = tmp_path_factory.mktemp(name)
+@contextlib.contextmanager
+def running_edge(directory: pathlib.Path, certs: dict[str, str] | None) -> Iterator[Edge]:
+    """tesserve (mutual TLS with `certs`, else plaintext) and Envoy in front of it."""
     grpc_port, http_port = free_port(), free_port()
     flags = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--log-format", "json",
              "--shutdown-grace", "0"]
-    tls = None
+    upstream_tls = None
     if certs:
         flags += ["--tls-cert", certs["tesserve.crt"], "--tls-key", certs["tesserve.key"],
                   "--tls-client-ca", certs["mesh-ca.crt"]]
-        tls = {"cert": certs["gateway.crt"], "key": certs["gateway.key"], "ca": certs["mesh-ca.crt"]}
+        upstream_tls = {"cert": certs["gateway.crt"], "key": certs["gateway.key"], "ca": certs["mesh-ca.crt"]}
 
     def ready() -> bool:  # /healthz is open to clients without a certificate
-        if certs:
-            connection = http.client.HTTPSConnection("127.0.0.1", http_port, timeout=2,
-                                                     context=tls_context(certs, None))
-        else:
-            connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+        connection = connect(http_port, tls_context(certs, None) if certs else None, timeout=2)
         try:
             connection.request("GET", "/healthz", headers={"host": "localhost"})
             return connection.getresponse().status == 200
@@ -272,24 +281,21 @@ def start_edge(tmp_path_factory, name: str, certs: dict[str, str] | None):
         finally:
             connection.close()
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(tesserve(*flags, ready=ready, log=directory / "tesserve.log"))
-    port, envoy_log = stack.enter_context(
-        envoy(edge_bootstrap(free_port(), grpc_port, http_port, tls), directory))
-    return stack, Edge(port, grpc_port, http_port, directory / "tesserve.log", envoy_log, certs)
+    log = directory / "tesserve.log"
+    with (tesserve(*flags, ready=ready, log=log),
+          envoy(edge_bootstrap(free_port(), grpc_port, http_port, upstream_tls), directory) as (port, envoy_log)):
+        yield Edge(port, grpc_port, http_port, log, envoy_log, certs)
 
 
 @pytest.fixture(scope="module")
 def h2c_edge(tmp_path_factory):
-    stack, edge = start_edge(tmp_path_factory, "h2c", None)
-    with stack:
+    with running_edge(tmp_path_factory.mktemp("h2c"), None) as edge:
         yield edge
 
 
 @pytest.fixture(scope="module")
 def mtls_edge(tmp_path_factory, certs):
-    stack, edge = start_edge(tmp_path_factory, "mtls", certs)
-    with stack:
+    with running_edge(tmp_path_factory.mktemp("mtls"), certs) as edge:
         yield edge
 
 
@@ -321,7 +327,7 @@ def new_key() -> str:
 def burst(port: int, count: int, headers: dict[str, str]) -> tuple[list[int], list[dict], float]:
     """`count` cheap requests on one HTTP/1.1 connection through Envoy: their statuses and
     headers, and the seconds they took."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = connect(port, timeout=10)
     statuses, replies = [], []
     start = time.monotonic()
     try:
@@ -452,11 +458,7 @@ def test_grpc_past_its_limit_is_resource_exhausted_not_unavailable(mtls_edge):
 
 
 def direct_rest_infer(edge: Edge, png: bytes) -> dict:
-    if edge.certs:
-        connection = http.client.HTTPSConnection("127.0.0.1", edge.http_port, timeout=60,
-                                                 context=tls_context(edge.certs, "gateway"))
-    else:
-        connection = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=60)
+    connection = connect(edge.http_port, tls_context(edge.certs, "gateway") if edge.certs else None)
     try:
         connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
                            headers={"host": "localhost", "content-type": "application/json"})
@@ -472,7 +474,7 @@ def without_id(answer: dict) -> dict:
 
 
 def test_rest_infer_over_http1_passes_through(edge, png):
-    connection = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=60)
+    connection = connect(edge.port)
     try:
         connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
                            headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
@@ -514,7 +516,7 @@ def test_grpc_infer_passes_through(edge, png):
 
 
 def test_gateway_identity_is_the_tenant_in_the_access_log(mtls_edge, png):
-    connection = http.client.HTTPConnection("127.0.0.1", mtls_edge.port, timeout=60)
+    connection = connect(mtls_edge.port)
     try:
         connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
                            headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
@@ -536,7 +538,7 @@ def test_gateway_identity_is_the_tenant_in_the_access_log(mtls_edge, png):
 
 def direct_get(port: int, context: ssl.SSLContext) -> int:
     """GET /v2/models/ocr straight to tesserve's REST port over TLS: the status."""
-    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    connection = connect(port, context, timeout=10)
     try:
         connection.request("GET", "/v2/models/ocr", headers={"host": "localhost"})
         reply = connection.getresponse()
@@ -578,8 +580,9 @@ def test_direct_callers_without_the_mesh_certificate_are_refused(mtls_edge, cert
                 return error.code()
 
     def credentials(client: str) -> grpc.ChannelCredentials:
-        read = lambda name: pathlib.Path(certs[name]).read_bytes()  # noqa: E731
-        return grpc.ssl_channel_credentials(read("mesh-ca.crt"), read(f"{client}.key"), read(f"{client}.crt"))
+        root, key, chain = (pathlib.Path(certs[name]).read_bytes()
+                            for name in ("mesh-ca.crt", f"{client}.key", f"{client}.crt"))
+        return grpc.ssl_channel_credentials(root, key, chain)
 
     assert server_live(credentials("gateway")) == grpc.StatusCode.OK
     assert server_live(credentials("intruder")) == grpc.StatusCode.UNAVAILABLE
