@@ -180,7 +180,7 @@ subjectAltName = URI:{GATEWAY_IDENTITY}
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, str]:
     """A mesh CA with a server certificate and a gateway client certificate, and a foreign CA
-    with a client certificate claiming the same identity."""
+    with a client certificate claiming the same identity (openssl >= 3.0: `req -x509 -CA`)."""
     directory = tmp_path_factory.mktemp("certs")
     config = directory / "openssl.cnf"
     config.write_text(OPENSSL_CONFIG)
@@ -399,6 +399,7 @@ def test_each_api_key_has_its_own_bucket(mtls_edge):
     statuses, replies, elapsed = burst(mtls_edge.port, 2 * burst_size + 10, {"x-api-key": key_a})
     assert_limited(statuses, elapsed, burst_size, rate)
     refused = replies[statuses.index(429)]
+    assert limiter_config()["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"  # these headers:
     assert refused["x-ratelimit-limit"] == str(burst_size), refused
     assert refused["x-ratelimit-remaining"] == "0", refused
     assert int(refused["x-ratelimit-reset"]) >= 0, refused
