@@ -1,11 +1,13 @@
 """Fixtures for the offline deployment checks: the repository, the rendered kustomizations, and a
 real tesserve server to hold the manifests against (ports, probes, methods, metrics)."""
 
+import contextlib
 import os
 import pathlib
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
@@ -73,29 +75,40 @@ class Served:
         return subprocess.run([*command, self.grpc, *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def server():
-    """The real server, with its defaults except the ports: what the manifests must agree with."""
+@contextlib.contextmanager
+def tesserve(*flags: str, ready: Callable[[], bool], log: pathlib.Path) -> Iterator[subprocess.Popen]:
+    """A real server on loopback with one worker and these flags, its output (both streams) in
+    `log`; yielded once `ready()` holds, stopped (and waited for) on exit."""
     assert os.access(TESSERVE, os.X_OK), f"{TESSERVE} not built (make build)"
-    grpc_port, http_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [TESSERVE, "serve", "--bind", "127.0.0.1", "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [TESSERVE, "serve", "--bind", "127.0.0.1", "--workers", "1", *flags],
+            stdout=output, stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
-        while True:
-            check = subprocess.run(
-                [TESSERVE, "healthcheck", "--grpc-port", str(grpc_port), "--timeout", "1"],
-                capture_output=True,
-            )
-            if check.returncode == 0:
-                break
-            assert process.poll() is None, f"server exited: {process.stderr.read()}"
+        while not ready():
+            assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "server not ready within 60 s"
             time.sleep(0.3)
-        yield Served(grpc_port, http_port)
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real server, with its defaults except the ports: what the manifests must agree with."""
+    grpc_port, http_port = free_port(), free_port()
+
+    def ready() -> bool:
+        check = subprocess.run(
+            [TESSERVE, "healthcheck", "--grpc-port", str(grpc_port), "--timeout", "1"],
+            capture_output=True,
+        )
+        return check.returncode == 0
+
+    with tesserve("--grpc-port", str(grpc_port), "--http-port", str(http_port), ready=ready,
+                  log=tmp_path_factory.mktemp("server") / "tesserve.log"):
+        yield Served(grpc_port, http_port)
