@@ -236,10 +236,7 @@ impl Policy {
     /// The tenant of the request, or why it may not proceed now.
     fn admit<B>(&self, request: &Request<B>) -> Result<Tenant, Refusal> {
         let headers = request.headers();
-        let identity = request
-            .extensions()
-            .get::<Peer>()
-            .and_then(|peer| peer.identity.as_deref());
+        let identity = verified_identity(request);
         if self.client_certificates && identity.is_none() {
             return Err(Refusal::NoClientCertificate);
         }
@@ -319,31 +316,47 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if self.policy.open.contains(request.uri().path()) {
-            return self.inner.call(request).boxed();
-        }
-        let grpc = failure::is_grpc(&request);
-        match self.policy.admit(&request) {
-            Ok(tenant) => {
-                // Downstream sees the tenant the key belongs to, not a claim.
-                if let Ok(value) = HeaderValue::from_str(&tenant.name) {
-                    request.headers_mut().insert("x-tenant-id", value);
+        let tenant = if self.policy.open.contains(request.uri().path()) {
+            // Open to all, but a verified certificate still says who called, for the log.
+            verified_identity(&request).map(|name| Tenant {
+                name: name.to_owned(),
+                authenticated: true,
+            })
+        } else {
+            match self.policy.admit(&request) {
+                Ok(tenant) => {
+                    // Downstream sees the tenant the key belongs to, not a claim.
+                    if let Ok(value) = HeaderValue::from_str(&tenant.name) {
+                        request.headers_mut().insert("x-tenant-id", value);
+                    }
+                    Some(tenant)
                 }
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                async move {
-                    let mut response = inner.call(request).await?;
-                    response.extensions_mut().insert(tenant);
-                    Ok(response)
+                Err(refusal) => {
+                    let response = refuse(refusal, failure::is_grpc(&request));
+                    return async move { Ok(response) }.boxed();
                 }
-                .boxed()
             }
-            Err(refusal) => {
-                let response = refuse(refusal, grpc);
-                async move { Ok(response) }.boxed()
+        };
+        // The service that was polled ready serves this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        async move {
+            let mut response = inner.call(request).await?;
+            if let Some(tenant) = tenant {
+                response.extensions_mut().insert(tenant);
             }
+            Ok(response)
         }
+        .boxed()
     }
+}
+
+/// The identity of the verified client certificate the request's connection presented.
+fn verified_identity<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|peer| peer.identity.as_deref())
 }
 
 fn refuse(refusal: Refusal, grpc: bool) -> Response<Body> {

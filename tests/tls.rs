@@ -250,6 +250,16 @@ async fn mutual_tls_admits_only_clients_of_the_ca() {
         .await
         .is_err());
 
+    // An open path is open to all, but a verified certificate still names the caller.
+    let trusted_rest = rest(&ca.pem(), Some(&trusted));
+    assert!(trusted_rest
+        .get(&ready)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+
     // An expired certificate of the right CA fails too.
     let expired = ca.issue_with(
         vec![SanType::URI(
@@ -274,6 +284,14 @@ async fn mutual_tls_admits_only_clients_of_the_ca() {
         format!("https://{}/metrics", server.http_addr()),
     )
     .await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tesserve_requests_total{")
+                && line.contains(r#"endpoint="/v2/health/ready""#)
+                && line.contains(r#"tenant="spiffe://cluster.local/ns/apps/sa/reader""#)),
+        "the probe is counted under the certificate's identity"
+    );
     for reason in ["unknown_issuer", "expired", "protocol"] {
         let series = format!("tesserve_tls_handshake_failures_total{{reason=\"{reason}\"}}");
         assert!(
