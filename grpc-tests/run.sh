@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end tests with clients this project did not write (grpcurl, curl, tritonclient grpc and
-# http, kserve grpc and REST, an OpenAPI validator),
+# http, kserve grpc and REST, an OpenAPI validator, schemathesis),
 # against a freshly started server. Creates the Python venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,10 @@ free_port() {
 port=$(free_port)
 http_port=$(free_port)
 log=$(mktemp)
-"$bin" --bind 127.0.0.1 --grpc-port "$port" --http-port "$http_port" --workers 2 >"$log" 2>&1 &
+# A small pixel limit keeps the raw UINT8 tensors schemathesis generates cheap to refuse; every
+# image the other tests send is far below it.
+"$bin" --bind 127.0.0.1 --grpc-port "$port" --http-port "$http_port" --workers 2 \
+  --max-image-pixels 4000000 >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
 
@@ -39,3 +42,5 @@ export TESSERVE_HTTP_ADDR="127.0.0.1:$http_port"
 "$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_grpcurl.py grpc-tests/test_curl.py \
   grpc-tests/test_tritonclient.py grpc-tests/test_tritonclient_http.py
 "$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_kserve.py grpc-tests/test_kserve_rest.py
+# Property-based requests to every REST operation, generated from the server's /openapi.json.
+"$venv/bin/pytest" -q -p no:cacheprovider grpc-tests/test_schemathesis.py
