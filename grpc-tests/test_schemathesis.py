@@ -46,10 +46,6 @@ def client_error_is_json(ctx, response, case):
     """Every 4xx is `{"error": "..."}` as application/json, whatever the client sent."""
     if not 400 <= response.status_code < 500:
         return
-    # Known bug: axum's own 405 for a method a route lacks has an empty body. Exempted here so
-    # the rest of the API is still explored; test_wrong_method_is_json_405 tracks it.
-    if response.status_code == 405:
-        return
     content_type = response.headers.get("content-type", [""])[0]
     assert content_type.startswith("application/json"), (
         f"{response.status_code} with content-type {content_type!r}: {response.text[:500]!r}"
@@ -88,14 +84,10 @@ def test_rest_api(case):
     case.validate_response(response, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a method a route does not serve (e.g. TRACE /, GET /predict) gets axum's 405 "
-    "with an empty body and no content-type, not {\"error\": ...}; remove the 405 exemption in "
-    "client_error_is_json when this passes",
-)
 def test_wrong_method_is_json_405():
+    """Found by this run: axum's own 405 had an empty body. It is a classified JSON error now."""
     response = requests.request("TRACE", f"http://{HTTP_ADDR}/", timeout=REQUEST_TIMEOUT_S)
     assert response.status_code == 405
     assert response.headers.get("content-type", "").startswith("application/json")
     assert response.json()["error"]
+    assert "GET" in response.headers.get("allow", "")

@@ -27,8 +27,10 @@ pub enum Reason {
     TooLarge,
     /// The body is of a media type this endpoint does not read.
     UnsupportedMediaType,
-    /// No such model, version, endpoint or method.
+    /// No such model, version or endpoint.
     NotFound,
+    /// The endpoint exists, but not for this HTTP method.
+    MethodNotAllowed,
     /// No credentials, or wrong ones.
     Unauthenticated,
     /// The tenant's rate limit is spent; retry after the hint.
@@ -60,6 +62,7 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::UnsupportedMediaType => "unsupported_media_type",
             Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
             Reason::Unauthenticated => "unauthenticated",
             Reason::RateLimited => "rate_limited",
             Reason::QueueFull => "queue_full",
@@ -89,7 +92,7 @@ impl Reason {
             }
             Reason::Deadline => Code::DeadlineExceeded,
             Reason::Cancelled => Code::Cancelled,
-            Reason::Unimplemented => Code::Unimplemented,
+            Reason::MethodNotAllowed | Reason::Unimplemented => Code::Unimplemented,
             Reason::Internal => Code::Internal,
         }
     }
@@ -101,6 +104,7 @@ impl Reason {
             Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reason::NotFound => StatusCode::NOT_FOUND,
+            Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::QueueFull | Reason::Shed | Reason::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -269,12 +273,13 @@ pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 15] = [
+    const ALL: [Reason; 16] = [
         Reason::InvalidArgument,
         Reason::InvalidImage,
         Reason::TooLarge,
         Reason::UnsupportedMediaType,
         Reason::NotFound,
+        Reason::MethodNotAllowed,
         Reason::Unauthenticated,
         Reason::RateLimited,
         Reason::QueueFull,

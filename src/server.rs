@@ -277,6 +277,7 @@ fn stack(routes: axum::Router, auth: AuthLayer) -> axum::Router {
     // axum applies the last layer outermost.
     routes
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(auth)
         .layer(AccessLayer::new(crate::oip::grpc_methods()))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -356,6 +357,15 @@ async fn fallback(request: axum::extract::Request) -> Response {
         true => Failure::new(Reason::Unimplemented, "no such gRPC method").respond(true),
         false => rest::not_found().into_http(),
     }
+}
+
+/// A path served for other methods: a JSON 405 like every other error (axum keeps `Allow`).
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+    let message = format!(
+        "{method} is not served on {}; see GET / for the list",
+        uri.path()
+    );
+    Failure::new(Reason::MethodNotAllowed, message).into_http()
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

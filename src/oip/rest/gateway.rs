@@ -130,7 +130,9 @@ pub(super) async fn recognize(
         description = "One or more files in the field `file`; optional fields `lang` and `psm`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
-        (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+        (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 415, description = "Not a multipart/form-data upload", body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody), (status = 504, body = super::ErrorBody)))]
 pub async fn predict(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -145,7 +147,9 @@ pub async fn predict(
         description = "One or more files in the field `image_file`; optional fields `lang` and `psm`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
-        (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+        (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 415, description = "Not a multipart/form-data upload", body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody), (status = 504, body = super::ErrorBody)))]
 pub async fn gateway_ocr(
     State(state): State<SharedState>,
     headers: HeaderMap,
