@@ -35,7 +35,7 @@ def rust_const(path: str, name: str) -> str:
 
 GRPC_PORT = int(rust_const("src/config.rs", "DEFAULT_GRPC_PORT"))
 HTTP_PORT = int(rust_const("src/config.rs", "DEFAULT_HTTP_PORT"))
-MODEL_NAME = rust_const("src/config.rs", "DEFAULT_MODEL_NAME")
+MODEL_NAME = rust_const("src/model/mod.rs", "DEFAULT_MODEL_NAME")
 SHUTDOWN_GRACE = float(rust_const("src/config.rs", "DEFAULT_SHUTDOWN_GRACE_SECS"))
 SHUTDOWN_TIMEOUT = float(rust_const("src/config.rs", "DEFAULT_SHUTDOWN_TIMEOUT_SECS"))
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
