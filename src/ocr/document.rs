@@ -610,8 +610,17 @@ fn open_tiff(file: Bytes, limits: &DocumentLimits) -> Result<(Inner, Vec<PageInf
 /// The horizontal resolution a TIFF directory declares, in dots per inch; `None` when absent,
 /// unitless (ResolutionUnit 1) or absurd.
 fn tiff_dpi<R: std::io::Read + std::io::Seek>(decoder: &mut Decoder<R>) -> Option<Dpi> {
-    let value = decoder.find_tag(Tag::XResolution).ok()??;
-    let per_unit = value.into_f64().ok()?;
+    use tiff::decoder::ifd::Value;
+    // The tag is a RATIONAL; the tiff crate's `into_f64` accepts only DOUBLE, so take it apart.
+    let per_unit = match decoder.find_tag(Tag::XResolution).ok()?? {
+        Value::Rational(n, d) if d != 0 => f64::from(n) / f64::from(d),
+        Value::RationalBig(n, d) if d != 0 => n as f64 / d as f64,
+        Value::Float(v) => f64::from(v),
+        Value::Double(v) => v,
+        Value::Short(v) => f64::from(v),
+        Value::Unsigned(v) => f64::from(v),
+        _ => return None,
+    };
     let unit = decoder
         .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
         .ok()
