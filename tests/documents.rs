@@ -11,8 +11,7 @@ use bytes::Bytes;
 use image::{codecs::jpeg::JpegEncoder, GrayImage};
 use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str};
 use tesserve::ocr::{
-    sniff, Document, DocumentError, DocumentLimits, Dpi, Kind, PageIndex, PageSize,
-    RenderedPage,
+    sniff, Document, DocumentError, DocumentLimits, Dpi, Kind, PageIndex, PageSize, RenderedPage,
 };
 use tiff::encoder::{colortype::Gray8, Compression, Rational, TiffEncoder};
 
@@ -62,9 +61,7 @@ fn scan_pdf(pages: &[GrayImage], encoding: Encoding, rotate: Option<i32>) -> Vec
         if let Some(degrees) = rotate {
             page.rotate(degrees);
         }
-        page.resources()
-            .x_objects()
-            .pair(Name(b"Im0"), image_id);
+        page.resources().x_objects().pair(Name(b"Im0"), image_id);
         page.finish();
 
         let (data, filter) = match encoding {
@@ -97,7 +94,9 @@ fn scan_pdf(pages: &[GrayImage], encoding: Encoding, rotate: Option<i32>) -> Vec
             .restore_state();
         pdf.stream(content_id, &content.finish());
     }
-    pdf.pages(tree).kids(kids.iter().copied()).count(kids.len() as i32);
+    pdf.pages(tree)
+        .kids(kids.iter().copied())
+        .count(kids.len() as i32);
     pdf.catalog(catalog).pages(tree);
     pdf.finish()
 }
@@ -105,8 +104,13 @@ fn scan_pdf(pages: &[GrayImage], encoding: Encoding, rotate: Option<i32>) -> Vec
 /// A born-digital page: text drawn in a standard (non-embedded) font, Letter size.
 fn vector_pdf(lines: &[&str]) -> Vec<u8> {
     let mut pdf = Pdf::new();
-    let (catalog, tree, page_id, font_id, content_id) =
-        (Ref::new(1), Ref::new(2), Ref::new(3), Ref::new(4), Ref::new(5));
+    let (catalog, tree, page_id, font_id, content_id) = (
+        Ref::new(1),
+        Ref::new(2),
+        Ref::new(3),
+        Ref::new(4),
+        Ref::new(5),
+    );
     pdf.catalog(catalog).pages(tree);
     pdf.pages(tree).kids([page_id]).count(1);
     let mut page = pdf.page(page_id);
@@ -226,7 +230,11 @@ async fn a_scanned_pdf_renders_every_page_at_the_asked_resolution_and_reads_back
     for (page, image) in rendered.iter().zip(&images) {
         // Placed at 300 dpi, rendered at 300 dpi: the scan's own size back.
         assert_eq!(
-            (page.pixels.width(), page.pixels.height(), page.pixels.channels()),
+            (
+                page.pixels.width(),
+                page.pixels.height(),
+                page.pixels.channels()
+            ),
             (image.width(), image.height(), 1),
             "{}",
             page.index
@@ -244,10 +252,15 @@ async fn a_scanned_pdf_renders_every_page_at_the_asked_resolution_and_reads_back
 fn a_jpeg_scan_renders_at_half_resolution_with_the_size_it_was_promised() {
     let images = pages_text(1);
     let document = open(scan_pdf(&images, Encoding::Dct, None)).unwrap();
-    let page = document.render(document.page_indexes()[0], dpi(150)).unwrap();
+    let page = document
+        .render(document.page_indexes()[0], dpi(150))
+        .unwrap();
     let (w, h, _) = document.pages()[0].pixels_at(dpi(150));
     assert_eq!(
-        (u64::from(page.pixels.width()), u64::from(page.pixels.height())),
+        (
+            u64::from(page.pixels.width()),
+            u64::from(page.pixels.height())
+        ),
         (w, h)
     );
     assert!(w.abs_diff(u64::from(images[0].width() / 2)) <= 1, "{w}");
@@ -288,8 +301,13 @@ fn a_rotated_page_renders_turned() {
     let PageSize::Points { width, height } = document.pages()[0].size else {
         panic!("a PDF page is measured in points");
     };
-    assert!(width < height, "a landscape image turned 90° stands upright");
-    let page = document.render(document.page_indexes()[0], dpi(300)).unwrap();
+    assert!(
+        width < height,
+        "a landscape image turned 90° stands upright"
+    );
+    let page = document
+        .render(document.page_indexes()[0], dpi(300))
+        .unwrap();
     assert_eq!(
         (page.pixels.width(), page.pixels.height()),
         (images[0].height(), images[0].width())
@@ -301,7 +319,9 @@ fn a_rotated_page_renders_turned() {
 async fn a_vector_text_page_renders_in_a_standard_font_and_reads_back() {
     let lines = ["Vector text in Helvetica", "needs no embedded font"];
     let document = open(vector_pdf(&lines)).unwrap();
-    let page = document.render(document.page_indexes()[0], dpi(300)).unwrap();
+    let page = document
+        .render(document.page_indexes()[0], dpi(300))
+        .unwrap();
     // Letter at 300 dpi, rounded rather than truncated to 2550x3299.
     assert_eq!((page.pixels.width(), page.pixels.height()), (2550, 3300));
     let dark = dark_fraction(&page);
@@ -423,7 +443,9 @@ fn an_encrypted_pdf_names_the_missing_password() {
         "encrypted PDF: a password is needed"
     );
     let document = open(anyone).unwrap();
-    let page = document.render(document.page_indexes()[0], dpi(150)).unwrap();
+    let page = document
+        .render(document.page_indexes()[0], dpi(150))
+        .unwrap();
     assert_has_text(&page);
 }
 
@@ -438,10 +460,7 @@ fn tiff_file(pages: &[GrayImage]) -> Vec<u8> {
         let mut image = encoder
             .new_image::<Gray8>(page.width(), page.height())
             .unwrap();
-        image.resolution(
-            tiff::tags::ResolutionUnit::Inch,
-            Rational { n: 300, d: 1 },
-        );
+        image.resolution(tiff::tags::ResolutionUnit::Inch, Rational { n: 300, d: 1 });
         image.write_data(page.as_raw()).unwrap();
     }
     out.into_inner()
@@ -462,7 +481,12 @@ async fn a_three_page_tiff_decodes_each_directory_with_its_resolution() {
         .collect::<Result<_, _>>()
         .unwrap();
     for (page, image) in rendered.iter().zip(&images) {
-        assert_eq!(page.pixels.data(), image.as_raw().as_slice(), "{}", page.index);
+        assert_eq!(
+            page.pixels.data(),
+            image.as_raw().as_slice(),
+            "{}",
+            page.index
+        );
         assert_eq!(page.dpi, Some(dpi(300)));
     }
     let text = ocr(&[&rendered[1]]).await.remove(0);

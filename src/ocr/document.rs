@@ -170,7 +170,11 @@ impl PageInfo {
         match self.size {
             PageSize::Points { width, height } => {
                 let scale = f64::from(dpi.get()) / POINTS_PER_INCH;
-                (to_pixels(width * scale), to_pixels(height * scale), Some(dpi))
+                (
+                    to_pixels(width * scale),
+                    to_pixels(height * scale),
+                    Some(dpi),
+                )
             }
             PageSize::Pixels { width, height, dpi } => (u64::from(width), u64::from(height), dpi),
         }
@@ -388,7 +392,11 @@ impl Document {
     }
 
     /// The pixel size and resolution `index` will have at `dpi`, if within the limits.
-    fn planned(&self, index: PageIndex, dpi: Dpi) -> Result<(u32, u32, Option<Dpi>), DocumentError> {
+    fn planned(
+        &self,
+        index: PageIndex,
+        dpi: Dpi,
+    ) -> Result<(u32, u32, Option<Dpi>), DocumentError> {
         let info = self
             .pages
             .get(index.get())
@@ -579,7 +587,10 @@ fn tiff_error(e: tiff::TiffError) -> DocumentError {
     DocumentError::UnreadableTiff(e.to_string())
 }
 
-fn open_tiff(file: Bytes, limits: &DocumentLimits) -> Result<(Inner, Vec<PageInfo>), DocumentError> {
+fn open_tiff(
+    file: Bytes,
+    limits: &DocumentLimits,
+) -> Result<(Inner, Vec<PageInfo>), DocumentError> {
     let mut decoder = Decoder::new(Cursor::new(&file[..]))
         .map_err(tiff_error)?
         .with_limits(tiff_limits(limits));
@@ -614,7 +625,6 @@ fn tiff_dpi<R: std::io::Read + std::io::Seek>(decoder: &mut Decoder<R>) -> Optio
     // The tag is a RATIONAL; the tiff crate's `into_f64` accepts only DOUBLE, so take it apart.
     let per_unit = match decoder.find_tag(Tag::XResolution).ok()?? {
         Value::Rational(n, d) if d != 0 => f64::from(n) / f64::from(d),
-        Value::RationalBig(n, d) if d != 0 => n as f64 / d as f64,
         Value::Float(v) => f64::from(v),
         Value::Double(v) => v,
         Value::Short(v) => f64::from(v),
@@ -656,9 +666,7 @@ fn decode_tiff_page(
     let (width, height) = decoder
         .dimensions()
         .map_err(|e| unreadable(e.to_string()))?;
-    let color = decoder
-        .colortype()
-        .map_err(|e| unreadable(e.to_string()))?;
+    let color = decoder.colortype().map_err(|e| unreadable(e.to_string()))?;
     let data = decoder
         .read_image()
         .map_err(|e| unreadable(e.to_string()))?;
@@ -696,9 +704,11 @@ fn to_gray(data: DecodingResult, color: ColorType, width: u32, height: u32) -> O
         (ColorType::Gray(16), DecodingResult::U16(v)) => {
             v.get(..pixels)?.iter().map(|s| (s >> 8) as u8).collect()
         }
-        (ColorType::GrayA(8), DecodingResult::U8(v)) => {
-            v.get(..pixels.checked_mul(2)?)?.chunks_exact(2).map(|p| p[0]).collect()
-        }
+        (ColorType::GrayA(8), DecodingResult::U8(v)) => v
+            .get(..pixels.checked_mul(2)?)?
+            .chunks_exact(2)
+            .map(|p| p[0])
+            .collect(),
         (ColorType::RGB(8), DecodingResult::U8(v)) => v
             .get(..pixels.checked_mul(3)?)?
             .chunks_exact(3)
@@ -808,7 +818,11 @@ mod tests {
         assert_eq!(sniff(b"II"), Kind::Image);
         let mut late = vec![b' '; PDF_HEADER_WINDOW];
         late.extend(b"%PDF-1.7");
-        assert_eq!(sniff(&late), Kind::Image, "a header past the window is not one");
+        assert_eq!(
+            sniff(&late),
+            Kind::Image,
+            "a header past the window is not one"
+        );
     }
 
     #[test]
@@ -839,7 +853,9 @@ mod tests {
         );
         assert_eq!(
             parse_pages("1-2-3", 5),
-            Err(PagesError::Syntax { part: part("1-2-3") })
+            Err(PagesError::Syntax {
+                part: part("1-2-3")
+            })
         );
         assert_eq!(
             parse_pages("+1", 5),
@@ -928,7 +944,10 @@ mod tests {
         );
         assert!(matches!(
             Document::open(Bytes::from_static(&[0; 17]), &limits),
-            Err(DocumentError::TooManyBytes { size: 17, limit: 16 })
+            Err(DocumentError::TooManyBytes {
+                size: 17,
+                limit: 16
+            })
         ));
         assert_eq!(
             Document::open(Bytes::from_static(b"\x89PNG\r\n\x1a\n"), &limits).unwrap_err(),
@@ -936,8 +955,8 @@ mod tests {
         );
         let err = Document::open(Bytes::from_static(b"%PDF-1.7 garbage"), &limits).unwrap_err();
         assert!(matches!(err, DocumentError::UnreadablePdf(_)), "{err}");
-        let err = Document::open(Bytes::from_static(b"II*\0\xff\xff\xff\x7f"), &limits)
-            .unwrap_err();
+        let err =
+            Document::open(Bytes::from_static(b"II*\0\xff\xff\xff\x7f"), &limits).unwrap_err();
         assert!(matches!(err, DocumentError::UnreadableTiff(_)), "{err}");
     }
 }
