@@ -371,6 +371,66 @@ fn a_200_inch_page_is_refused_before_rendering() {
 }
 
 #[test]
+fn a_page_hiding_a_gigapixel_image_is_refused_before_rendering() {
+    // Two Letter pages within every limit; page 1 draws a 100000x100000 image whose stream is a
+    // few bytes of Flate, page 2 draws it from inside a form.
+    let mut pdf = Pdf::new();
+    let (catalog, tree, image, form) = (Ref::new(1), Ref::new(2), Ref::new(3), Ref::new(4));
+    let pages = [Ref::new(5), Ref::new(6)];
+    let contents = [Ref::new(7), Ref::new(8)];
+    pdf.catalog(catalog).pages(tree);
+    pdf.pages(tree).kids(pages).count(2);
+    let zeros = miniz_oxide::deflate::compress_to_vec_zlib(&[0; 4096], 9);
+    let mut xobject = pdf.image_xobject(image, &zeros);
+    xobject.filter(Filter::FlateDecode);
+    xobject.width(100_000).height(100_000).bits_per_component(8);
+    xobject.color_space().device_gray();
+    xobject.finish();
+    let mut draw = Content::new();
+    draw.x_object(Name(b"Im0"));
+    let draw = draw.finish();
+    let mut form_xobject = pdf.form_xobject(form, &draw);
+    form_xobject.bbox(Rect::new(0.0, 0.0, 1.0, 1.0));
+    form_xobject
+        .resources()
+        .x_objects()
+        .pair(Name(b"Im0"), image);
+    form_xobject.finish();
+    for (i, (page_id, content_id)) in pages.into_iter().zip(contents).enumerate() {
+        let name = if i == 0 { Name(b"Im0") } else { Name(b"Fm0") };
+        let mut page = pdf.page(page_id);
+        page.parent(tree)
+            .media_box(Rect::new(0.0, 0.0, 612.0, 792.0))
+            .contents(content_id);
+        page.resources()
+            .x_objects()
+            .pair(name, if i == 0 { image } else { form });
+        page.finish();
+        let mut content = Content::new();
+        content
+            .transform([612.0, 0.0, 0.0, 792.0, 0.0, 0.0])
+            .x_object(name);
+        pdf.stream(content_id, &content.finish());
+    }
+    let document = open(pdf.finish()).unwrap();
+    let all = document.page_indexes();
+    let message = |page: u32| {
+        format!(
+            "page {page} embeds a 100000x100000 image = 10000000000 pixels, \
+             over the limit of 160000000"
+        )
+    };
+    assert_eq!(
+        document.check(&all, dpi(300)).unwrap_err().to_string(),
+        message(1)
+    );
+    assert_eq!(
+        document.render(all[1], dpi(72)).unwrap_err().to_string(),
+        message(2)
+    );
+}
+
+#[test]
 fn an_xref_loop_and_deep_nesting_are_refused_not_followed() {
     // The trailer's /Prev points back at its own table.
     let mut looped = hand_pdf(&[

@@ -251,6 +251,16 @@ pub enum DocumentError {
         height: u64,
         max: u64,
     },
+    #[error(
+        "page {page} embeds a {width}x{height} image = {pixels} pixels, over the limit of {limit}"
+    )]
+    EmbeddedImageTooLarge {
+        page: u64,
+        width: u64,
+        height: u64,
+        pixels: u64,
+        limit: u64,
+    },
     #[error("page {page} of {pages}: no such page")]
     NoSuchPage { page: u64, pages: usize },
     #[error("page {page}: {reason}")]
@@ -430,10 +440,101 @@ impl Document {
                 max: MAX_RENDER_SIDE,
             });
         }
+        if let Inner::Pdf(pdf) = &self.inner {
+            let limit = self
+                .limits
+                .max_page_pixels
+                .saturating_mul(EMBEDDED_IMAGE_FACTOR);
+            let oversized = pdf
+                .pages()
+                .get(index.get())
+                .and_then(|page| guarded_option(|| oversized_image(page, limit)));
+            if let Some((width, height)) = oversized {
+                return Err(DocumentError::EmbeddedImageTooLarge {
+                    page: index.number(),
+                    width,
+                    height,
+                    pixels: width.saturating_mul(height),
+                    limit,
+                });
+            }
+        }
         // Both sides fit: a TIFF's are u32 already, a PDF's are under u16::MAX.
         let side = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         Ok((side(width), side(height), page_dpi))
     }
+}
+
+/// How many times the page pixel limit an image embedded in a PDF page may hold: a 600 dpi scan
+/// placed on a page rendered at 300 dpi is legitimate, a page hiding a gigapixel image is not.
+const EMBEDDED_IMAGE_FACTOR: u64 = 4;
+
+/// Image and form XObjects looked at per page, at most; nesting of forms, at most.
+const MAX_XOBJECTS: usize = 4096;
+const MAX_FORM_DEPTH: usize = 16;
+
+/// hayro decodes an embedded image whole, at its own resolution, before scaling it to the page:
+/// a page box within the limits can hide a 100000x100000 image behind a few bytes of Flate. This
+/// finds the first image (or soft mask) of the page, or of the forms it draws, whose declared
+/// size is over `limit`, from the dictionaries alone.
+fn oversized_image(page: &hayro::hayro_syntax::page::Page<'_>, limit: u64) -> Option<(u64, u64)> {
+    use hayro::hayro_syntax::object::{Dict, Name, Stream};
+
+    let too_big = |dict: &Dict<'_>| -> Option<(u64, u64)> {
+        let side = |long: &[u8], short: &[u8]| {
+            dict.get::<u32>(long)
+                .or_else(|| dict.get::<u32>(short))
+                .map(u64::from)
+        };
+        let (w, h) = (side(b"Width", b"W")?, side(b"Height", b"H")?);
+        (w.saturating_mul(h) > limit).then_some((w, h))
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(page.resources().x_objects.clone(), 0)];
+    let mut visited = 0;
+    while let Some((x_objects, depth)) = stack.pop() {
+        for key in x_objects.keys() {
+            visited += 1;
+            if visited > MAX_XOBJECTS {
+                return None;
+            }
+            let Some(stream) = x_objects.get::<Stream<'_>>(&*key) else {
+                continue;
+            };
+            let dict = stream.dict();
+            if let Some(id) = dict.obj_id() {
+                if !seen.insert(id) {
+                    continue;
+                }
+            }
+            match dict.get::<Name<'_>>(b"Subtype").as_deref() {
+                Some(b"Image") => {
+                    if let Some(size) = too_big(dict) {
+                        return Some(size);
+                    }
+                    let mask = dict.get::<Stream<'_>>(b"SMask");
+                    if let Some(size) = mask.and_then(|mask| too_big(mask.dict())) {
+                        return Some(size);
+                    }
+                }
+                Some(b"Form") if depth < MAX_FORM_DEPTH => {
+                    let nested = dict
+                        .get::<Dict<'_>>(b"Resources")
+                        .and_then(|r| r.get::<Dict<'_>>(b"XObject"));
+                    if let Some(nested) = nested {
+                        stack.push((nested, depth + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// [`guarded`] for a check that answers `None` when in doubt.
+fn guarded_option<T>(work: impl FnOnce() -> Option<T>) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or(None)
 }
 
 /// Runs a third-party decoder so that a panic in it on hostile input becomes an error for this
@@ -889,6 +990,13 @@ mod tests {
         );
         // A huge range is refused before it is expanded.
         assert!(parse_pages("1-18446744073709551615", 5).is_err());
+    }
+
+    #[test]
+    fn documents_can_move_to_a_blocking_thread_and_be_shared() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Document>();
+        send_sync::<RenderedPage>();
     }
 
     #[test]
