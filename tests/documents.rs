@@ -586,3 +586,59 @@ fn a_page_index_past_the_end_is_an_error_not_a_panic() {
         "page 3 of 1: no such page"
     );
 }
+
+/// A cheap stand-in for the fuzzer in every test run: real documents cut short and with bytes
+/// overwritten, opened under small limits and their first page rendered at a low resolution.
+/// Errors are expected; a panic inside hayro or tiff (which `Document` turns into
+/// [`DocumentError::Panicked`]) is a failure.
+#[test]
+fn damaged_documents_fail_cleanly() {
+    let small = DocumentLimits {
+        max_bytes: 1 << 20,
+        max_pages: 4,
+        max_page_pixels: 1_000_000,
+    };
+    let image = common::render_gray(&["Damaged"]);
+    let originals = [
+        scan_pdf(std::slice::from_ref(&image), Encoding::Flate, Some(90)),
+        scan_pdf(std::slice::from_ref(&image), Encoding::Dct, None),
+        vector_pdf(&["Damaged"]),
+        tiff_file(&[image.clone(), image]),
+    ];
+    let mut state = 0x2545_f491_u32;
+    let mut next = move || {
+        // xorshift: deterministic, so a failure names a reproducible case.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as usize
+    };
+    let mut cases = 0;
+    for original in &originals {
+        let step = (original.len() / 40).max(1);
+        let truncated = (1..original.len())
+            .step_by(step)
+            .map(|n| original[..n].to_vec());
+        let flipped = (0..200).map(|_| {
+            let mut damaged = original.clone();
+            for _ in 0..4 {
+                let at = next() % damaged.len();
+                damaged[at] = next() as u8;
+            }
+            damaged
+        });
+        for damaged in truncated.chain(flipped) {
+            cases += 1;
+            let result = Document::open(Bytes::from(damaged.clone()), &small).and_then(|d| {
+                let first = d.page_indexes()[..1].to_vec();
+                d.render(first[0], dpi(36))
+            });
+            if let Err(err @ DocumentError::Panicked(_)) = result {
+                let path = std::env::temp_dir().join(format!("tesserve-panic-{cases}.bin"));
+                std::fs::write(&path, &damaged).unwrap();
+                panic!("{err} on case {cases}, saved as {}", path.display());
+            }
+        }
+    }
+    assert!(cases > 900, "{cases}");
+}
