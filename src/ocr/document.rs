@@ -290,12 +290,8 @@ enum Inner {
 
 impl fmt::Debug for Document {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.inner {
-            Inner::Pdf(_) => Kind::Pdf,
-            Inner::Tiff(_) => Kind::Tiff,
-        };
         f.debug_struct("Document")
-            .field("kind", &kind)
+            .field("kind", &self.kind())
             .field("pages", &self.pages.len())
             .finish_non_exhaustive()
     }
