@@ -6,10 +6,11 @@ CARGO ?= cargo
 # Build: libtesseract (+ leptonica) via pkg-config; g++ for libstdc++, which it links.
 # Runtime: English traineddata.
 # Tests: DejaVu Sans renders the test images; python3-venv runs the external clients; curl is
-# one of them; promtool (package prometheus) lints the metrics exposition.
+# one of them; promtool (package prometheus) lints the metrics exposition; qpdf encrypts the
+# test PDFs.
 # `make deps BUILD_ONLY=1` installs only what compiling needs (the Dockerfile's build stage).
 BUILD_PACKAGES := libtesseract-dev pkg-config g++
-APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-dejavu-core curl prometheus)
+APT_PACKAGES := $(BUILD_PACKAGES) $(if $(BUILD_ONLY),,tesseract-ocr-eng fonts-dejavu-core curl prometheus qpdf)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 ARGS ?=
 
@@ -63,9 +64,9 @@ bench: deps ## Server vs raw Tesseract -> BENCHMARKS.md, docs/benchmarks.png; fa
 FUZZ_SECONDS ?= 60
 # cargo-fuzz passes nightly -Z flags (sanitizers); RUSTC_BOOTSTRAP lets the stable toolchain
 # accept them, since this machine has no nightly.
-fuzz: deps ## Fuzz tensor decoding and image decoding, FUZZ_SECONDS each (not part of `make test`)
+fuzz: deps ## Fuzz tensor, image and document decoding, FUZZ_SECONDS each (not part of `make test`)
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in tensor_decoding image_decoding; do \
+	cd fuzz && for target in tensor_decoding image_decoding document_parsing; do \
 	  mkdir -p corpus/$$target-run && \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$target corpus/$$target-run corpus/$$target \
 	    -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \

@@ -190,6 +190,18 @@ pub struct Pixels {
 }
 
 impl Pixels {
+    /// 8-bit gray rows, one byte a pixel: what documents render to. The caller guarantees the
+    /// length matches, so this is not public.
+    pub(super) fn gray(data: Vec<u8>, width: u32, height: u32) -> Pixels {
+        debug_assert_eq!(data.len(), width as usize * height as usize);
+        Pixels {
+            data: Bytes::from(data),
+            width,
+            height,
+            channels: 1,
+        }
+    }
+
     pub(super) fn from_dynamic(image: DynamicImage) -> Pixels {
         let (width, height) = (image.width(), image.height());
         let (data, channels) = match image {
