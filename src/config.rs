@@ -197,7 +197,8 @@ pub struct ServeArgs {
 
     /// API keys, one line per tenant: `tenant:<hex SHA-256 of the key>[:rps[:burst]]`. When
     /// set, every request except probes, metrics and API descriptions needs a key. Default:
-    /// none, and no request needs a key.
+    /// none, and no request needs a key (with `--tls-client-ca`, a client certificate is still
+    /// needed).
     #[arg(long, env = "TESSERVE_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
