@@ -259,14 +259,7 @@ async fn every_listed_endpoint_is_routed_and_only_the_documented_ones_are_open()
     let s = TestServer::start(&["--workers", "1", "--api-keys-file", keys.to_str().unwrap()]).await;
     let http = reqwest::Client::new();
 
-    let index: Value = http
-        .get(s.http())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let index = common::get_json(&http, s.http()).await;
     let endpoints: Vec<&str> = index["endpoints"]
         .as_array()
         .unwrap()
