@@ -355,57 +355,45 @@ pub struct ModelMetadata {
 #[utoipa::path(get, path = "/v2/models/{model}", tag = "oip",
     params(("model" = String, Path, description = "Model name")),
     responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
-async fn model_metadata(
-    State(state): State<SharedState>,
-    Path(model): Path<String>,
-) -> Result<Json<ModelMetadata>, Failure> {
-    metadata(&state, &model, "")
+async fn model_metadata(State(state): State<SharedState>) -> Json<ModelMetadata> {
+    metadata(&state)
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "oip",
     params(("model" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
-async fn model_version_metadata(
-    State(state): State<SharedState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<ModelMetadata>, Failure> {
-    metadata(&state, &model, &version)
+async fn model_version_metadata(State(state): State<SharedState>) -> Json<ModelMetadata> {
+    metadata(&state)
 }
 
-fn metadata(state: &RestState, model: &str, version: &str) -> Result<Json<ModelMetadata>, Failure> {
-    state.model.resolve(model, version)?;
-    Ok(Json(ModelMetadata {
+/// The model's metadata; [`served_model`] has already checked that the path names it.
+fn metadata(state: &RestState) -> Json<ModelMetadata> {
+    Json(ModelMetadata {
         name: state.model.name().to_owned(),
         versions: vec![VERSION],
         platform: PLATFORM,
         inputs: vec![INPUT.into()],
         outputs: OutputKind::ALL.map(|k| k.spec().into()).into(),
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/ready", security(()), tag = "oip",
     params(("model" = String, Path)),
     responses((status = 200, body = inline(Object), example = json!({"name": "ocr", "ready": true})),
         (status = 404, body = ErrorBody), (status = 503, body = inline(Object))))]
-async fn model_ready(
-    State(state): State<SharedState>,
-    Path(model): Path<String>,
-) -> Result<Response, Failure> {
-    readiness(&state, &model, "")
+async fn model_ready(State(state): State<SharedState>) -> Response {
+    readiness(&state)
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", security(()), tag = "oip",
     params(("model" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = inline(Object)), (status = 404, body = ErrorBody)))]
-async fn model_version_ready(
-    State(state): State<SharedState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response, Failure> {
-    readiness(&state, &model, &version)
+async fn model_version_ready(State(state): State<SharedState>) -> Response {
+    readiness(&state)
 }
 
-fn readiness(state: &RestState, model: &str, version: &str) -> Result<Response, Failure> {
-    state.model.resolve(model, version)?;
+/// The model's readiness; [`served_model`] has already checked that the path names it.
+fn readiness(state: &RestState) -> Response {
     let ready = state.model.is_ready();
     let body = json!({"name": state.model.name(), "ready": ready});
     let status = if ready {
@@ -413,5 +401,5 @@ fn readiness(state: &RestState, model: &str, version: &str) -> Result<Response, 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(body)).into_response())
+    (status, Json(body)).into_response()
 }

@@ -31,12 +31,12 @@ pub struct ModelStatus {
 pub async fn model_status(
     State(state): State<SharedState>,
     Path(model): Path<String>,
-) -> Result<Json<ModelStatus>, Failure> {
-    state.model.resolve(&model, "")?;
-    Ok(Json(ModelStatus {
+) -> Json<ModelStatus> {
+    // The route's layer has already checked that `model` is served.
+    Json(ModelStatus {
         name: model,
         ready: state.model.is_ready(),
-    }))
+    })
 }
 
 /// `{"instances": [{"image": {"b64": "..."}}, ...], "parameters": {"lang": "eng"}}`
@@ -64,15 +64,14 @@ pub async fn predict(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<PredictResponse>, Failure> {
-    // The route captures "ocr:predict" as one path segment.
-    let (model, action) = target.split_once(':').unwrap_or((&target, ""));
+    // The route captures "ocr:predict" as one path segment; its layer has checked the model.
+    let (_, action) = target.split_once(':').unwrap_or((&target, ""));
     if action != "predict" {
         return Err(Failure::new(
             Reason::NotFound,
             format!("unknown v1 action '{target}'; use POST /v1/models/{{model}}:predict"),
         ));
     }
-    state.model.resolve(model, "")?;
     let request: PredictRequest = parse_json(&body)?;
     let images = request
         .instances
