@@ -483,16 +483,22 @@ def test_grpc_past_its_limit_is_resource_exhausted_not_unavailable(mtls_edge):
 # ModelInfer through the edge, REST over HTTP/1.1 and h2c, and gRPC.
 
 
-def direct_rest_infer(edge: Edge, png: bytes) -> dict:
-    connection = connect(edge.http_port, tls_context(edge.certs, "gateway") if edge.certs else None)
+def post_infer(connection: http.client.HTTPConnection, png: bytes, headers: dict) -> tuple:
+    """POSTs an OIP REST infer of `png` over HTTP/1.1: the reply and its body."""
     try:
         connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
-                           headers={"host": "localhost", "content-type": "application/json"})
+                           headers={**headers, "content-type": "application/json"})
         reply = connection.getresponse()
-        assert reply.status == 200
-        return json.loads(reply.read())
+        return reply, reply.read()
     finally:
         connection.close()
+
+
+def direct_rest_infer(edge: Edge, png: bytes) -> dict:
+    context = tls_context(edge.certs, "gateway") if edge.certs else None
+    reply, body = post_infer(connect(edge.http_port, context), png, {"host": "localhost"})
+    assert reply.status == 200
+    return json.loads(body)
 
 
 def without_id(answer: dict) -> dict:
@@ -500,14 +506,7 @@ def without_id(answer: dict) -> dict:
 
 
 def test_rest_infer_over_http1_passes_through(edge, png):
-    connection = connect(edge.port)
-    try:
-        connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
-                           headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
-        reply = connection.getresponse()
-        body = reply.read()
-    finally:
-        connection.close()
+    reply, body = post_infer(connect(edge.port), png, {"host": HOST, "x-api-key": new_key()})
     assert reply.status == 200, body
     assert reply.getheader("content-type") == "application/json"
     answer = json.loads(body)
@@ -559,14 +558,7 @@ def test_grpc_infer_passes_through(edge, png):
 
 
 def test_gateway_identity_is_the_tenant_in_the_access_log(mtls_edge, png):
-    connection = connect(mtls_edge.port)
-    try:
-        connection.request("POST", "/v2/models/ocr/infer", body=infer_body(png),
-                           headers={"host": HOST, "x-api-key": new_key(), "content-type": "application/json"})
-        reply = connection.getresponse()
-        reply.read()
-    finally:
-        connection.close()
+    reply, _ = post_infer(connect(mtls_edge.port), png, {"host": HOST, "x-api-key": new_key()})
     assert reply.status == 200
     request_id = reply.getheader("x-request-id")
     assert request_id
