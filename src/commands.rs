@@ -1,13 +1,23 @@
 //! The one-shot subcommands: `ocr` (files through the engine pool) and `healthcheck`.
 
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
 use bytes::Bytes;
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use tower::service_fn;
 
 use crate::{
     config::{HealthcheckArgs, OcrArgs},
     model::{Admission, InferError, InferRequest, Model, ParamValue, DEFAULT_MODEL_NAME},
     ocr::{EnginePool, ImageInput, OutputKind},
     oip::pb::{grpc_inference_service_client::GrpcInferenceServiceClient, ServerReadyRequest},
+    tls,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +108,10 @@ pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
         reason,
     };
     let check = async {
-        let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        let channel = channel(args.addr(), args.tls_cert.as_deref())
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(unreachable)?;
+        let mut client = GrpcInferenceServiceClient::new(channel);
         let reply = client
             .server_ready(ServerReadyRequest {})
             .await
@@ -118,4 +129,40 @@ pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
                 args.timeout()
             )))
         })
+}
+
+/// A gRPC channel to `addr`: plaintext, or TLS trusting exactly the certificate in `tls_cert`.
+async fn channel(addr: SocketAddr, tls_cert: Option<&Path>) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let Some(cert) = tls_cert else {
+        return endpoint.connect().await.map_err(|e| with_sources(&e));
+    };
+    let connector = TlsConnector::from(Arc::new(
+        tls::pinned_client(cert).map_err(|e| e.to_string())?,
+    ));
+    let connect = service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::IpAddress(addr.ip().into());
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connect)
+        .await
+        .map_err(|e| with_sources(&e))
+}
+
+/// An error and its causes, `: `-separated: tonic's own message is only "transport error".
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -329,6 +329,12 @@ pub struct HealthcheckArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = DEFAULT_HEALTHCHECK_TIMEOUT_SECS)]
     pub timeout: u64,
+
+    /// The certificate the server serves (PEM), when it serves TLS: the check then speaks TLS
+    /// and trusts exactly that certificate. It reads the server's own variable, so a
+    /// container's HEALTHCHECK works unchanged when TLS is turned on. Default: plaintext.
+    #[arg(long = "tls-cert", env = "TESSERVE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
 }
 
 impl HealthcheckArgs {

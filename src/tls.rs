@@ -297,6 +297,77 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// A client configuration that trusts exactly the certificate in `cert` (the first of the PEM
+/// file the server itself serves): what `tesserve healthcheck` needs to talk to its own server
+/// over TLS without knowing which CA signed it, and without trusting anything else.
+pub fn pinned_client(cert: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_owned(),
+        source,
+    })?;
+    let pinned = certificates(cert, &pem)?.swap_remove(0);
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Mismatch)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { pinned, provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Accepts one certificate, byte for byte, and checks the handshake was signed by its key.
+#[derive(Debug)]
+struct Pinned {
+    pinned: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match end_entity.as_ref() == self.pinned.as_ref() {
+            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Why a handshake failed, as a label from a small fixed set: what an operator needs to tell
 /// a wrong certificate from a network fault, and never text the client chose.
 pub fn handshake_failure(error: &std::io::Error) -> &'static str {

@@ -405,3 +405,38 @@ fn bad_tls_files_stop_the_server_before_it_starts() {
     .unwrap_err();
     assert!(ca_junk.contains("junk.pem"), "{ca_junk}");
 }
+
+#[tokio::test]
+async fn healthcheck_speaks_tls_and_trusts_exactly_the_served_certificate() {
+    let files = Files::new("healthcheck");
+    let ca = Authority::new("healthcheck CA");
+    let served = ca.server();
+    let cert = files.write("tls.crt", &served.cert);
+    let key = files.write("tls.key", &served.key);
+    let other = files.write("other.crt", &ca.server().cert);
+    let server = start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let port = server.grpc_addr().port().to_string();
+    let check = move |cert: Option<&str>| {
+        let mut command = std::process::Command::new(common::served::BIN);
+        command
+            .args(["healthcheck", "--grpc-port", &port, "--timeout", "10"])
+            .env_remove("TESSERVE_TLS_CERT")
+            .env("OMP_THREAD_LIMIT", "1");
+        if let Some(cert) = cert {
+            command.args(["--tls-cert", cert]);
+        }
+        command.output().unwrap()
+    };
+    let checks =
+        tokio::task::spawn_blocking(move || [check(Some(&cert)), check(None), check(Some(&other))])
+            .await
+            .unwrap();
+    let [pinned, plaintext, stranger] = checks;
+    assert!(pinned.status.success(), "{pinned:?}");
+    // Plaintext against a TLS port, and a certificate of the same CA that is not the one
+    // served, both fail.
+    assert!(!plaintext.status.success(), "{plaintext:?}");
+    assert!(!stranger.status.success(), "{stranger:?}");
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    assert!(said.contains("not reachable"), "{said}");
+}
