@@ -1,6 +1,6 @@
 //! The one-shot subcommands: `ocr` (files through the engine pool) and `healthcheck`.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::Uri;
@@ -39,6 +39,8 @@ pub enum CommandError {
     Unreachable { addr: String, reason: String },
     #[error("server at {0} is not ready")]
     NotReady(String),
+    #[error("--tls-cert: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Recognises each file and prints its text (or one JSON object per line with `--json`).
@@ -107,10 +109,13 @@ pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
         addr: addr.clone(),
         reason,
     };
+    let tls = args
+        .tls_cert
+        .as_deref()
+        .map(tls::pinned_client)
+        .transpose()?;
     let check = async {
-        let channel = channel(args.addr(), args.tls_cert.as_deref())
-            .await
-            .map_err(unreachable)?;
+        let channel = channel(args.addr(), tls).await.map_err(unreachable)?;
         let mut client = GrpcInferenceServiceClient::new(channel);
         let reply = client
             .server_ready(ServerReadyRequest {})
@@ -131,15 +136,13 @@ pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
         })
 }
 
-/// A gRPC channel to `addr`: plaintext, or TLS trusting exactly the certificate in `tls_cert`.
-async fn channel(addr: SocketAddr, tls_cert: Option<&Path>) -> Result<Channel, String> {
+/// A gRPC channel to `addr`: plaintext, or over TLS with `tls`.
+async fn channel(addr: SocketAddr, tls: Option<rustls::ClientConfig>) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-    let Some(cert) = tls_cert else {
+    let Some(tls) = tls else {
         return endpoint.connect().await.map_err(|e| with_sources(&e));
     };
-    let connector = TlsConnector::from(Arc::new(
-        tls::pinned_client(cert).map_err(|e| e.to_string())?,
-    ));
+    let connector = TlsConnector::from(Arc::new(tls));
     let connect = service_fn(move |_: Uri| {
         let connector = connector.clone();
         async move {
