@@ -346,6 +346,22 @@ fn a_pdf_declaring_100000_pages_is_refused_with_the_limit() {
 }
 
 #[test]
+fn a_pdf_understating_its_pages_is_refused_one_past_the_limit() {
+    // The same 100,000 inline pages under a /Count of 1: the page tree is walked, not believed,
+    // and the walk stops at the 51st page (`page_tree`'s unit tests count the kids it reads).
+    let kids = "<</Type/Page>>".repeat(100_000);
+    let file = hand_pdf(&[
+        "<< /Type /Catalog /Pages 2 0 R >>".into(),
+        format!("<< /Type /Pages /Count 1 /MediaBox [0 0 612 792] /Kids [{kids}] >>"),
+    ]);
+    let err = open(file).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "document has 51 or more pages, over the limit of 50"
+    );
+}
+
+#[test]
 fn a_200_inch_page_is_refused_before_rendering() {
     let file = hand_pdf(&[
         "<< /Type /Catalog /Pages 2 0 R >>".into(),

@@ -36,6 +36,8 @@ use tiff::{
 
 use super::image::{ImageLimits, Pixels};
 
+mod page_tree;
+
 /// How far into a file `%PDF-` may start. Real files carry a few bytes of junk (a BOM, a mail
 /// header) before it, and readers accept the header within the first kilobyte.
 const PDF_HEADER_WINDOW: usize = 1024;
@@ -552,8 +554,14 @@ fn too_many_pages(pages: usize, limits: &DocumentLimits, exact: bool) -> Documen
 }
 
 fn open_pdf(file: Bytes, limits: &DocumentLimits) -> Result<(Inner, Vec<PageInfo>), DocumentError> {
+    // hayro-syntax builds its whole page list in `Pdf::new`, so an over-long tree is refused
+    // first, from the file, where it can be reached (see `page_tree`).
+    if let Some(err) = precheck_refusal(page_tree::precheck(&file, limits.max_pages), limits) {
+        return Err(err);
+    }
     // hayro-syntax walks the page tree once, here, guarding against reference loops and
-    // nesting deeper than 512; a tree of a million pages is bounded by the byte limit.
+    // nesting deeper than 512. Where the pre-check could not reach, a tree of a million pages
+    // is bounded only by the byte limit, and the count below still refuses it.
     let pdf = Pdf::new(BytesData(file)).map_err(|e| match e {
         LoadPdfError::Decryption(DecryptionError::PasswordProtected) => {
             DocumentError::PasswordNeeded
@@ -592,6 +600,30 @@ fn open_pdf(file: Bytes, limits: &DocumentLimits) -> Result<(Inner, Vec<PageInfo
         })
         .collect();
     Ok((Inner::Pdf(Box::new(pdf)), pages))
+}
+
+/// The error a pre-check outcome refuses the file with, if any.
+fn precheck_refusal(check: page_tree::PreCheck, limits: &DocumentLimits) -> Option<DocumentError> {
+    use page_tree::PreCheck;
+    match check {
+        PreCheck::Counted { .. } | PreCheck::Inconclusive { .. } => None,
+        PreCheck::CountOverLimit { claimed } => Some(too_many_pages(claimed, limits, true)),
+        PreCheck::PagesOverLimit { .. } => Some(too_many_pages(
+            limits.max_pages.saturating_add(1),
+            limits,
+            false,
+        )),
+        PreCheck::TooManyNodes { .. } => Some(DocumentError::UnreadablePdf(format!(
+            "the page tree is too large to walk for a limit of {} pages: over {} nodes, or \
+             kids shared past one reading of the file",
+            limits.max_pages,
+            page_tree::node_budget(limits.max_pages)
+        ))),
+        PreCheck::TooDeep => Some(DocumentError::UnreadablePdf(format!(
+            "the page tree nests deeper than {}",
+            page_tree::MAX_DEPTH
+        ))),
+    }
 }
 
 /// Lets hayro read the request body in place: `Bytes` is a cheap, shared view of it.
