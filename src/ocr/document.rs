@@ -101,6 +101,10 @@ impl DocumentLimits {
 pub struct Dpi(NonZeroU32);
 
 impl Dpi {
+    /// What PDF pages are rendered at unless a request says otherwise: what OCR engines are
+    /// trained for, and what scanners produce.
+    pub const DEFAULT: Dpi = Dpi(NonZeroU32::new(300).unwrap());
+
     pub fn new(dpi: u32) -> Result<Dpi, DocumentError> {
         match NonZeroU32::new(dpi) {
             Some(dpi) if dpi.get() <= MAX_DPI => Ok(Dpi(dpi)),
