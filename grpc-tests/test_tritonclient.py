@@ -27,7 +27,7 @@ def test_health_and_metadata(client):
     assert client.is_model_ready("ocr")
     metadata = client.get_model_metadata("ocr", as_json=True)
     assert metadata["platform"] == "tesseract"
-    assert [o["name"] for o in metadata["outputs"]] == ["text", "confidence", "words", "hocr", "tsv"]
+    assert [o["name"] for o in metadata["outputs"]] == ["text", "confidence", "words", "hocr", "tsv", "alto", "pdf", "pages"]
     config = client.get_model_config("ocr", as_json=True)["config"]
     assert config["input"][0]["data_type"] == "TYPE_STRING"
 

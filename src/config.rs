@@ -16,9 +16,7 @@ use tokio::sync::Semaphore;
 use crate::{
     auth::{read_keys_file, AuthConfig, KeysFileError, Limit},
     model::{Admission, OSD_LANG},
-    ocr::{
-        document::MAX_DPI, DocumentLimits, Dpi, ImageLimits, Languages, OcrOptions, PoolConfig,
-    },
+    ocr::{document::MAX_DPI, DocumentLimits, Dpi, ImageLimits, Languages, OcrOptions, PoolConfig},
     tls::{Tls, TlsError, TlsFiles},
 };
 pub use crate::{

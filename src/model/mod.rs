@@ -377,8 +377,7 @@ impl Model {
         })
         .await
         .map_err(|_| InferError::Internal("opening a document panicked".into()))?;
-        let (document, pages) =
-            opened.map_err(|source| InferError::Document { index, source })?;
+        let (document, pages) = opened.map_err(|source| InferError::Document { index, source })?;
         Ok(Element::Document {
             document: Arc::new(document),
             pages,
@@ -387,7 +386,11 @@ impl Model {
 
     /// Reads every element, images queued as one batch (all or nothing) and documents page by
     /// page beside them; the results in element order.
-    async fn read(&self, elements: Vec<Element>, work: &Work) -> Result<Vec<OcrResult>, InferError> {
+    async fn read(
+        &self,
+        elements: Vec<Element>,
+        work: &Work,
+    ) -> Result<Vec<OcrResult>, InferError> {
         let cache = |image: &ImageInput| {
             let cache = self.cache.as_ref()?;
             Some((cache, Key::new(image, &work.options, work.outputs)))
@@ -401,7 +404,7 @@ impl Model {
                     if let Some(mut hit) = cached.and_then(|(cache, key)| cache.get(&key)) {
                         hit.cached = true;
                         hit.timings = Default::default();
-                        reads.push(Read::Done(hit));
+                        reads.push(Read::Done(Box::new(hit)));
                         continue;
                     }
                     histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
@@ -416,13 +419,11 @@ impl Model {
                     ));
                     reads.push(Read::Image { index, key });
                 }
-                Element::Document { document, pages } => {
-                    reads.push(Read::Document {
-                        index,
-                        document,
-                        pages,
-                    })
-                }
+                Element::Document { document, pages } => reads.push(Read::Document {
+                    index,
+                    document,
+                    pages,
+                }),
             }
         }
         let mut receivers = match tasks.is_empty() {
@@ -440,9 +441,9 @@ impl Model {
             };
             async move {
                 match read {
-                    Read::Done(result) => Ok(result),
+                    Read::Done(result) => Ok(*result),
                     Read::Image { index, key } => {
-                        let receiver = receiver.ok_or_else(|| worker_gone())?;
+                        let receiver = receiver.ok_or_else(worker_gone)?;
                         let page = receive(index, receiver).await?;
                         let result = assemble(index, vec![page], work.outputs)?;
                         if let (Some(cache), Some(key)) = (&self.cache, key) {
@@ -493,7 +494,11 @@ impl Model {
                 // The first page is admitted as any batch is, or refused at once; the rest
                 // follow it.
                 let receiver = match std::mem::take(&mut first) {
-                    true => self.pool.submit(vec![task])?.pop().ok_or_else(worker_gone)?,
+                    true => self
+                        .pool
+                        .submit(vec![task])?
+                        .pop()
+                        .ok_or_else(worker_gone)?,
                     false => self.pool.submit_more(task),
                 };
                 in_flight.push_back(receive(index, receiver));
@@ -517,8 +522,11 @@ enum Element {
 
 /// How one element of a batch will be read.
 enum Read {
-    Done(OcrResult),
-    Image { index: usize, key: Option<Key> },
+    Done(Box<OcrResult>),
+    Image {
+        index: usize,
+        key: Option<Key>,
+    },
     Document {
         index: usize,
         document: Arc<Document>,
@@ -587,7 +595,11 @@ async fn receive(
     reply.map_err(|error| task_error(index, error))
 }
 
-fn assemble(index: usize, pages: Vec<OcrResult>, outputs: OutputSet) -> Result<OcrResult, InferError> {
+fn assemble(
+    index: usize,
+    pages: Vec<OcrResult>,
+    outputs: OutputSet,
+) -> Result<OcrResult, InferError> {
     output::assemble(pages, outputs)
         .map_err(|error| InferError::Internal(format!("input 'image'[{index}]: {error}")))
 }

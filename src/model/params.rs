@@ -308,7 +308,10 @@ mod tests {
         let err = build(&[("render_dpi", ParamValue::Int(1200))]).unwrap_err();
         assert!(err.to_string().contains("70 to 600 dpi"), "{err}");
         let err = build(&[("pages", ParamValue::Str(""))]).unwrap_err();
-        assert!(err.to_string().starts_with("request parameter 'pages': "), "{err}");
+        assert!(
+            err.to_string().starts_with("request parameter 'pages': "),
+            "{err}"
+        );
         // No osd.traineddata in the test's tessdata.
         let err = build(&[("rotate", ParamValue::Str("auto"))]).unwrap_err();
         assert!(err.to_string().contains("osd.traineddata"), "{err}");

@@ -216,10 +216,7 @@ impl Engine {
         if outputs.contains(OutputKind::Confidence) {
             // The mean Tesseract's MeanTextConf gives, with the count that weighs it in a
             // document's mean.
-            let confs = self
-                .api
-                .all_word_confidences()
-                .map_err(|_| fail("score"))?;
+            let confs = self.api.all_word_confidences().map_err(|_| fail("score"))?;
             let sum: i64 = confs.iter().map(|&c| i64::from(c.clamp(0, 100))).sum();
             result.word_count = confs.len();
             result.confidence = Some(sum as f32 / 100.0 / confs.len().max(1) as f32);
@@ -228,13 +225,25 @@ impl Engine {
             result.words = Some(self.words(place.index.saturating_add(1))?);
         }
         if outputs.contains(OutputKind::Hocr) {
-            result.hocr = Some(self.api.get_hocr_text(page).map_err(|_| fail("render hOCR"))?);
+            result.hocr = Some(
+                self.api
+                    .get_hocr_text(page)
+                    .map_err(|_| fail("render hOCR"))?,
+            );
         }
         if outputs.contains(OutputKind::Tsv) {
-            result.tsv = Some(self.api.get_tsv_text(page).map_err(|_| fail("render TSV"))?);
+            result.tsv = Some(
+                self.api
+                    .get_tsv_text(page)
+                    .map_err(|_| fail("render TSV"))?,
+            );
         }
         if outputs.contains(OutputKind::Alto) {
-            result.alto = Some(self.api.get_alto_text(page).map_err(|_| fail("render ALTO"))?);
+            result.alto = Some(
+                self.api
+                    .get_alto_text(page)
+                    .map_err(|_| fail("render ALTO"))?,
+            );
         }
         if outputs.contains(OutputKind::Pdf) {
             result.pdf = Some(self.searchable_pdf()?);

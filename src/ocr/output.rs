@@ -164,7 +164,9 @@ fn join_pdfs(parts: Vec<Bytes>) -> Result<Bytes, JoinError> {
     let catalog_id = joined.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
     joined.trailer.set("Root", catalog_id);
     let mut out = Vec::new();
-    joined.save_to(&mut out).map_err(|e| JoinError(e.to_string()))?;
+    joined
+        .save_to(&mut out)
+        .map_err(|e| JoinError(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 

@@ -430,10 +430,17 @@ impl Worker {
     fn take_strips(&mut self, split: &Split, stop: &dyn Fn() -> bool) {
         while let Some((index, strip)) = split.take() {
             let cancel = || split.cancelled() || stop();
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let engine = self.engine(&split.options.lang)?;
-                Ok(engine.recognize(&strip, split.place, &split.options, split.outputs, &cancel)?)
-            }));
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| {
+                    let engine = self.engine(&split.options.lang)?;
+                    Ok(engine.recognize(
+                        &strip,
+                        split.place,
+                        &split.options,
+                        split.outputs,
+                        &cancel,
+                    )?)
+                }));
             let result = outcome.unwrap_or_else(|_| {
                 self.reset_engines();
                 Err(TaskError::Panicked)
@@ -601,11 +608,7 @@ impl Worker {
     }
 
     /// Detects which way up `pixels` is, on the worker's own orientation engine.
-    fn orientation(
-        &mut self,
-        pixels: &Pixels,
-        dpi: Option<u32>,
-    ) -> Result<Orientation, TaskError> {
+    fn orientation(&mut self, pixels: &Pixels, dpi: Option<u32>) -> Result<Orientation, TaskError> {
         let threshold = self.config.rotate_threshold;
         let Some(lang) = &self.config.osd else {
             return Ok(Orientation::from_detected(None, threshold));

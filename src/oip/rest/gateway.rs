@@ -163,7 +163,7 @@ pub(super) async fn recognize(
 
 #[utoipa::path(post, path = "/predict", tag = "gateway", params(GatewayQuery),
     request_body(content_type = "multipart/form-data",
-        description = "One or more files in the field `file`; optional fields `lang` and `psm`"),
+        description = "One or more files in the field `file`; optional fields `lang`, `psm`, `pages`, `render_dpi`, `rotate`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
         (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
@@ -180,7 +180,7 @@ pub async fn predict(
 
 #[utoipa::path(post, path = "/gateway/ocr", tag = "gateway", params(GatewayQuery),
     request_body(content_type = "multipart/form-data",
-        description = "One or more files in the field `image_file`; optional fields `lang` and `psm`"),
+        description = "One or more files in the field `image_file`; optional fields `lang`, `psm`, `pages`, `render_dpi`, `rotate`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
         (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
