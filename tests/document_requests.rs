@@ -222,6 +222,10 @@ fn assert_searchable(file: &[u8], pages: usize) {
     let content = pdf.get_page_content(pdf.page_iter().next().unwrap());
     let content = String::from_utf8_lossy(&content);
     assert!(content.contains("3 Tr"), "text drawn invisibly: {content}");
+    assert!(
+        String::from_utf8_lossy(file).contains("GlyphLessFont"),
+        "Tesseract's text-layer font"
+    );
     let limits = DocumentLimits {
         max_bytes: 64 << 20,
         max_pages: 10,
@@ -248,6 +252,35 @@ async fn a_batch_of_an_image_a_pdf_and_a_tiff_keeps_element_and_page_order() {
     assert_text(texts[0].trim(), "A single image first", 1);
     assert_pages(&texts[1], &[1, 2]);
     assert_pages(&texts[2], &[1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_g4_fax_tiff_and_a_g4_pdf_read_back_page_by_page() {
+    let Some((tiff, pdf)) = common::documents::g4_tiff_and_pdf(&pages_text(3)) else {
+        return;
+    };
+    assert!(
+        String::from_utf8_lossy(&pdf).contains("/CCITTFaxDecode"),
+        "the PDF keeps the G4 images"
+    );
+    let mut s = TestServer::start(&["--workers", "2"]).await;
+    let reply = s
+        .client
+        .model_infer(grpc_request(&[&tiff, &pdf], &["text", "pages"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let texts = common::typed_strings(&reply, "text");
+    assert_pages(&texts[0], &[1, 2, 3]);
+    assert_pages(&texts[1], &[1, 2, 3]);
+    let reports = common::typed_strings(&reply, "pages");
+    for report in &reports {
+        let report: Value = serde_json::from_str(report).unwrap();
+        assert!(
+            report.as_array().unwrap().iter().all(|p| p["dpi"] == 300),
+            "{report}"
+        );
+    }
 }
 
 #[tokio::test]

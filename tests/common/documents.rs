@@ -161,3 +161,49 @@ pub fn tiff_file(pages: &[GrayImage]) -> Vec<u8> {
     }
     out.into_inner()
 }
+
+/// `pages` thresholded to one bit and compressed as CCITT Group 4, as fax machines and archive
+/// scanners write them, by libtiff's own tools (libtiff-tools, which `make deps` installs): a
+/// multi-page G4 TIFF and, from it, a PDF whose pages are the G4 images passed through as
+/// `/CCITTFaxDecode` streams. `None` when the tools are missing.
+pub fn g4_tiff_and_pdf(pages: &[GrayImage]) -> Option<(Vec<u8>, Vec<u8>)> {
+    use std::process::Command;
+    if Command::new("tiff2pdf").arg("-h").output().is_err() {
+        eprintln!("SKIPPED: libtiff-tools is not installed (make deps installs it)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |command: &mut Command| {
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{command:?}: {output:?}");
+    };
+    let mut singles = Vec::new();
+    for (i, page) in pages.iter().enumerate() {
+        let pbm = dir.path().join(format!("{i}.pbm"));
+        std::fs::write(&pbm, pbm_file(page)).unwrap();
+        let tiff = dir.path().join(format!("{i}.tif"));
+        run(Command::new("ppm2tiff")
+            .args(["-c", "g4", "-R", "300"])
+            .arg(&pbm)
+            .arg(&tiff));
+        singles.push(tiff);
+    }
+    let (tiff, pdf) = (dir.path().join("all.tif"), dir.path().join("all.pdf"));
+    run(Command::new("tiffcp").args(&singles).arg(&tiff));
+    run(Command::new("tiff2pdf").arg("-o").arg(&pdf).arg(&tiff));
+    Some((std::fs::read(tiff).unwrap(), std::fs::read(pdf).unwrap()))
+}
+
+/// A binary PBM (P4): one bit a pixel, 1 for black, rows padded to a byte.
+fn pbm_file(page: &GrayImage) -> Vec<u8> {
+    let mut out = format!("P4\n{} {}\n", page.width(), page.height()).into_bytes();
+    for row in page.rows() {
+        let bits: Vec<bool> = row.map(|p| p.0[0] < 128).collect();
+        out.extend(bits.chunks(8).map(|byte| {
+            byte.iter()
+                .enumerate()
+                .fold(0u8, |acc, (i, &black)| acc | (u8::from(black) << (7 - i)))
+        }));
+    }
+    out
+}
