@@ -104,12 +104,32 @@ async fn a_scanned_pdf_renders_every_page_at_the_asked_resolution_and_reads_back
             page.index
         );
         assert_eq!(page.dpi, Some(dpi(300)));
-        assert_has_text(page);
+        // The scanner's own pixels, unchanged.
+        assert!(
+            page.pixels.data() == image.as_raw().as_slice(),
+            "{}",
+            page.index
+        );
     }
     let texts = ocr(&rendered.iter().collect::<Vec<_>>()).await;
     for (text, lines) in texts.iter().zip(PAGE_TEXT) {
         common::assert_text(text.trim(), &lines.join("\n"), 3);
     }
+}
+
+#[test]
+fn a_scan_is_read_at_its_own_resolution_never_upsampled() {
+    let images = pages_text(1);
+    let document = open(scan_pdf(&images, Encoding::Flate, None)).unwrap();
+    let index = document.page_indexes()[0];
+    document.check(&[index], dpi(600)).unwrap();
+    let page = document.render(index, dpi(600)).unwrap();
+    assert_eq!(
+        page.dpi,
+        Some(dpi(300)),
+        "the scan's resolution, not the one asked for"
+    );
+    assert!(page.pixels.data() == images[0].as_raw().as_slice());
 }
 
 #[test]

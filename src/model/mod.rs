@@ -484,7 +484,9 @@ impl Model {
         loop {
             while in_flight.len() < window {
                 let Some(page) = pages.next() else { break };
-                let input = render(index, document.clone(), page, work.options.render_dpi).await?;
+                let more_follow = pages.len() > 0;
+                let dpi = work.options.render_dpi;
+                let input = render(index, document.clone(), page, dpi, more_follow).await?;
                 let span = tracing::info_span!(
                     "page",
                     batch_index = index as i64,
@@ -574,12 +576,14 @@ async fn render(
     document: Arc<Document>,
     page: PageIndex,
     dpi: Dpi,
+    more_follow: bool,
 ) -> Result<Input, InferError> {
     let rendered = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         document.render(page, dpi).map(|page| Input::Page {
             page,
             rendered_in: started.elapsed(),
+            more_follow,
         })
     })
     .await

@@ -82,6 +82,10 @@ pub enum Input {
     Page {
         page: RenderedPage,
         rendered_in: Duration,
+        /// More pages of the same document come after this one. Such a page is never split:
+        /// the document's next pages keep the idle engines busy, and splitting would only add
+        /// work. The last page may be, so a one-page scan is as fast as an image.
+        more_follow: bool,
     },
 }
 
@@ -530,6 +534,13 @@ impl Worker {
     fn recognize(&mut self, task: Task, cancel: &dyn Fn() -> bool) -> Result<OcrResult, TaskError> {
         let started = Instant::now();
         let limits = self.config.limits;
+        let splittable = !matches!(
+            task.input,
+            Input::Page {
+                more_follow: true,
+                ..
+            }
+        );
         let (mut pixels, place, decode_time) = match task.input {
             Input::Image(image) => {
                 let pixels = tracing::info_span!(parent: &task.span, "decode")
@@ -540,7 +551,9 @@ impl Worker {
                 };
                 (pixels, place, started.elapsed())
             }
-            Input::Page { page, rendered_in } => {
+            Input::Page {
+                page, rendered_in, ..
+            } => {
                 // A page's own resolution (the render dpi, a TIFF's tags) is the fact; `dpi`
                 // stands in where a page does not say.
                 let place = PagePlace {
@@ -571,7 +584,10 @@ impl Worker {
                 Some(orientation)
             }
         };
-        let mut result = match self.plan_split(&task.options, task.outputs, &pixels) {
+        let strips = splittable
+            .then(|| self.plan_split(&task.options, task.outputs, &pixels))
+            .flatten();
+        let mut result = match strips {
             Some(strips) => {
                 let split = Arc::new(Split::new(
                     strips,
