@@ -317,7 +317,8 @@ pub enum SplitPages {
     /// A page of 2 Mpx or more that arrives while engines are idle is cut between lines into
     /// strips of equal ink, only where the page is a single column (columns are never
     /// interleaved), and read on the idle engines at once (only for the text and confidence
-    /// outputs, and page segmentation modes 1, 3, 4 and 6).
+    /// outputs, and page segmentation modes 1, 3, 4 and 6). A document's pages are read side by
+    /// side instead: only its last page may be split.
     Auto,
     /// One engine per page.
     Off,
