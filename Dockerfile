@@ -5,8 +5,9 @@
 #   docker run --rm -p 8080:8080 -p 8081:8081 tesserve
 #
 # The build stage compiles with the Makefile's own targets (`make deps`, `make release`), the
-# ones CI runs. The runtime stage holds the binary, the Tesseract runtime library and the
-# traineddata of LANGS, and runs as an unprivileged numeric user with no shell invoked.
+# ones CI runs. The runtime stage holds the binary, the Tesseract runtime library (with the
+# PDF renderer's pdf.ttf), the traineddata of LANGS and osd (for
+# `rotate=auto`), and runs as an unprivileged numeric user with no shell invoked.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -52,7 +53,7 @@ ARG LANGS="eng"
 # the build fail on the next such fix instead of picking it up (DL3008). ${packages} is a
 # list, split on purpose (SC2086).
 # hadolint ignore=DL3008,SC2086
-RUN packages="libtesseract5 ca-certificates" \
+RUN packages="libtesseract5 tesseract-ocr-osd ca-certificates" \
  && for lang in ${LANGS}; do packages="${packages} tesseract-ocr-${lang//_/-}"; done \
  && apt-get update \
  && apt-get install -y --no-install-recommends ${packages} \

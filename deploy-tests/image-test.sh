@@ -171,10 +171,12 @@ cleanup() {
 trap cleanup EXIT
 
 say "run: read-only root, no capabilities, 127.0.0.1:$grpc_port (gRPC) and :$http_port (REST)"
-# No writable tmpfs either (--read-only-tmpfs=false): the server needs no writable path.
+# The one writable path is a small /tmp (no other tmpfs: --read-only-tmpfs=false), as the
+# manifests mount an emptyDir there: Tesseract's PDF renderer writes only to files.
 # (podman complains that it cannot add systemd timers for the health check: there is no
 # systemd here, and `podman healthcheck run` below runs the check instead.)
 podman run --detach --name "$name" --read-only --read-only-tmpfs=false \
+  --tmpfs /tmp:rw,size=64m,mode=1777 \
   --cap-drop ALL --security-opt no-new-privileges --memory 1g \
   -p "127.0.0.1:$grpc_port:8081" -p "127.0.0.1:$http_port:8080" \
   "$image" serve --workers 2 >/dev/null 2>"$work/run.log" || { cat "$work/run.log"; fail "podman run"; }
@@ -200,13 +202,18 @@ echo "server process uid $uid"
 [ "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$name")" = true ] ||
   fail "root filesystem is not read-only"
 
-"$venv/bin/python" - "$work/hello.png" <<'EOF'
+"$venv/bin/python" - "$work/hello.png" "$work/two.pdf" <<'EOF'
 import sys
 from PIL import Image, ImageDraw, ImageFont
 font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 40)
 image = Image.new("L", (900, 120), 255)
 ImageDraw.Draw(image).text((30, 30), "Container image test 42", font=font, fill=0)
 image.save(sys.argv[1])
+# A two-page PDF whose second page is upside down, for rotate=auto (osd.traineddata).
+second = Image.new("L", (1200, 400), 255)
+for row, line in enumerate(["The second page of the", "document was scanned the", "wrong way up"]):
+    ImageDraw.Draw(second).text((40, 40 + 110 * row), line, font=font, fill=0)
+image.save(sys.argv[2], save_all=True, append_images=[second.rotate(180)], resolution=300)
 EOF
 
 say "grpcurl"
@@ -244,6 +251,34 @@ echo "POST /predict: $reply"
 "${curl[@]}" --http2-prior-knowledge "http://127.0.0.1:$http_port/healthz" >/dev/null ||
   fail "the REST port does not speak h2c"
 echo "health, readiness, /predict, /metrics and h2c on the REST port answer"
+
+say "documents: a PDF page by page, rotate=auto, the searchable PDF"
+reply=$("${curl[@]}" -F "file=@$work/two.pdf" "http://127.0.0.1:$http_port/predict?rotate=auto")
+echo "POST /predict?rotate=auto (2-page PDF): $reply"
+"$venv/bin/python" - "$reply" <<'EOF' || fail "the PDF was not read page by page, upright"
+import json, sys
+reply = json.loads(sys.argv[1])
+first, second = reply["text"].split("\f")
+assert "image test 42" in first, first
+assert "wrong way up" in second, second
+assert reply["pages"][1]["orientation"]["applied"] is True, reply["pages"]
+EOF
+"$venv/bin/python" - "$work/two.pdf" >"$work/pdf-infer.json" <<'EOF'
+import base64, json, sys
+data = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+print(json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                              "data": [{"b64": data}]}],
+                  "outputs": [{"name": "pdf"}]}))
+EOF
+"${curl[@]}" -H 'content-type: application/json' --data-binary "@$work/pdf-infer.json" \
+  "http://127.0.0.1:$http_port/v2/models/ocr/infer" >"$work/pdf-infer.out"
+"$venv/bin/python" - "$work/pdf-infer.out" <<'EOF' || fail "no searchable PDF from the image"
+import base64, json, sys
+reply = json.load(open(sys.argv[1]))
+pdf = base64.b64decode(reply["outputs"][0]["data"][0]["b64"])
+assert pdf.startswith(b"%PDF-") and b"GlyphLessFont" in pdf, pdf[:200]
+print(f"searchable PDF output: {len(pdf)} bytes")
+EOF
 
 say "SIGTERM: graceful stop"
 podman stop --time 60 "$name" >/dev/null 2>>"$work/run.log"

@@ -220,7 +220,7 @@ def test_serving_runtime_names_the_model_after_the_inference_service(rendered):
     assert container["name"] == "kserve-container"
     assert "--model_name={{.Name}}" in server_args(container)
     isvc_container = predictor_container(isvc_of(rendered, "kserve"))
-    for field in ("ports", "readinessProbe", "resources", "securityContext", "env"):
+    for field in ("ports", "readinessProbe", "resources", "securityContext", "env", "volumeMounts"):
         assert runtime_field_matches(container[field], isvc_container[field]), field
 
 
@@ -284,6 +284,19 @@ def test_container_runs_locked_down(rendered, name):
     assert security["seccompProfile"]["type"] == "RuntimeDefault"
     user = re.search(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.M)
     assert (str(security["runAsUser"]), str(security["runAsGroup"])) == user.groups()
+
+
+@pytest.mark.parametrize("name", ISVC_OVERLAYS)
+def test_the_only_writable_path_is_a_small_memory_tmp(rendered, name):
+    """The root filesystem is read-only; Tesseract's PDF renderer (the `pdf` output) writes
+    only to files, so /tmp is a size-limited in-memory emptyDir."""
+    predictor = isvc_of(rendered, name)["spec"]["predictor"]
+    mounts = predictor_container(isvc_of(rendered, name))["volumeMounts"]
+    assert [(m["name"], m["mountPath"]) for m in mounts] == [("tmp", "/tmp")]
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Mi"}
+    runtime = one(rendered["kserve"], "ServingRuntime")
+    assert {v["name"]: v for v in runtime["spec"]["volumes"]}["tmp"] == volumes["tmp"]
 
 
 @pytest.mark.parametrize("name", ISVC_OVERLAYS)

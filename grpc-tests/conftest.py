@@ -52,3 +52,23 @@ def assert_similar(actual: str, expected: str, min_ratio: float = 0.9) -> None:
     norm = lambda s: " ".join(s.split())
     ratio = difflib.SequenceMatcher(None, norm(actual), norm(expected)).ratio()
     assert ratio >= min_ratio, f"OCR text {actual!r} differs from {expected!r} (ratio {ratio:.2f})"
+
+
+PDF_PAGES = ("First page 101", "Second page 202", "Third page 303")
+
+
+def render_pdf(pages: tuple[str, ...] = PDF_PAGES) -> bytes:
+    """A scanned-style PDF: one rendered page image per text, placed at 300 dpi (Pillow's PDF
+    writer, as a scanning app would write it)."""
+    images = [render_image(text) for text in pages]
+    out = io.BytesIO()
+    images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=300)
+    return out.getvalue()
+
+
+def assert_pages(text: str, pages: tuple[str, ...] = PDF_PAGES) -> None:
+    """A document's text: its pages in order, separated by form feeds."""
+    read = text.split("\f")
+    assert len(read) == len(pages), f"{len(read)} pages in {text!r}"
+    for actual, expected in zip(read, pages):
+        assert_similar(actual, expected)

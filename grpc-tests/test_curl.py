@@ -8,7 +8,7 @@ import urllib.request
 
 from openapi_spec_validator import validate
 
-from conftest import assert_similar, render_png
+from conftest import assert_pages, assert_similar, render_pdf, render_png
 
 
 def curl(*args: str) -> dict:
@@ -46,3 +46,13 @@ def test_openapi_document_is_valid_openapi_3(http_addr):
         spec = json.load(response)
     validate(spec)
     assert spec["openapi"].startswith("3.")
+
+
+def test_curl_uploads_a_three_page_pdf_and_reads_three_pages_in_order(http_addr):
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as document:
+        document.write(render_pdf())
+        document.flush()
+        answer = curl("-F", f"file=@{document.name}", f"http://{http_addr}/predict")
+    assert_pages(answer["text"])
+    assert [p["page"] for p in answer["pages"]] == [1, 2, 3]
+    assert answer["boxes"][-1]["page"] == 3

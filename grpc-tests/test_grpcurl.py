@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import assert_similar, render_png
+from conftest import assert_pages, assert_similar, render_pdf, render_png
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
@@ -94,3 +94,24 @@ def test_grpcurl_works_on_the_rest_port_too(http_addr):
     assert "inference.GRPCInferenceService" in ok(grpcurl(http_addr, "list")).split()
     ready = ok(grpcurl(http_addr, "inference.GRPCInferenceService/ServerReady"))
     assert json.loads(ready) == {"ready": True}
+
+
+def test_a_three_page_pdf_reads_back_three_pages_in_order(addr):
+    request = {
+        "model_name": "ocr",
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "contents": {"bytes_contents": [base64.b64encode(render_pdf()).decode()]},
+            }
+        ],
+        "outputs": [{"name": "text"}, {"name": "pages"}],
+    }
+    reply = json.loads(ok(grpcurl(addr, "inference.GRPCInferenceService/ModelInfer", data=request)))
+    outputs = {o["name"]: o for o in reply["outputs"]}
+    text = base64.b64decode(outputs["text"]["contents"]["bytesContents"][0]).decode()
+    assert_pages(text)
+    pages = json.loads(base64.b64decode(outputs["pages"]["contents"]["bytesContents"][0]))
+    assert [p["page"] for p in pages] == [1, 2, 3]

@@ -2,13 +2,14 @@
 its own process: its stubs clash with tritonclient's."""
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.infer_type import RequestedOutput
 
-from conftest import assert_similar, render_png
+from conftest import assert_pages, assert_similar, render_pdf, render_png
 
 
 def run(addr, work):
@@ -70,3 +71,18 @@ def test_unknown_model_raises(addr):
     with pytest.raises(Exception) as raised:
         run(addr, lambda client: client.infer(request))
     assert "unknown model 'missing'" in str(raised.value)
+
+
+def test_a_three_page_pdf_reads_back_three_pages_in_order(addr):
+    request = InferRequest(
+        model_name="ocr",
+        request_id="kserve-pdf",
+        infer_inputs=[InferInput("image", [1], "BYTES", data=[render_pdf()])],
+        request_outputs=[RequestedOutput("text"), RequestedOutput("words")],
+    )
+    response = run(addr, lambda client: client.infer(request))
+    text = response.get_output_by_name("text").as_numpy()[0]
+    assert_pages(text.decode() if isinstance(text, bytes) else text)
+    words = response.get_output_by_name("words").as_numpy()[0]
+    pages = [w["page"] for w in json.loads(words)]
+    assert pages[0] == 1 and pages[-1] == 3 and pages == sorted(pages)

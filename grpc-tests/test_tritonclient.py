@@ -1,13 +1,14 @@
 """tritonclient[grpc]: Triton's own client, which sends raw_input_contents and reads only
 raw_output_contents. Runs in its own process: its stubs clash with kserve's."""
 
+import json
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import assert_similar, render_image, render_png
+from conftest import assert_pages, assert_similar, render_image, render_pdf, render_png
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_health_and_metadata(client):
     assert client.is_model_ready("ocr")
     metadata = client.get_model_metadata("ocr", as_json=True)
     assert metadata["platform"] == "tesseract"
-    assert [o["name"] for o in metadata["outputs"]] == ["text", "confidence", "words", "hocr", "tsv"]
+    assert [o["name"] for o in metadata["outputs"]] == ["text", "confidence", "words", "hocr", "tsv", "alto", "pdf", "pages"]
     config = client.get_model_config("ocr", as_json=True)["config"]
     assert config["input"][0]["data_type"] == "TYPE_STRING"
 
@@ -92,3 +93,11 @@ def test_stream_infer(client):
     by_id = {r.get_response().id: r for r, error in results if error is None}
     assert_similar(by_id["0"].as_numpy("text")[0].decode(), "Stream alpha")
     assert_similar(by_id["1"].as_numpy("text")[0].decode(), "Stream beta")
+
+
+def test_a_three_page_pdf_reads_back_three_pages_in_order(client):
+    outputs = [grpcclient.InferRequestedOutput(name) for name in ("text", "pages")]
+    result = client.infer("ocr", [image_input(render_pdf())], outputs=outputs)
+    assert_pages(result.as_numpy("text")[0].decode())
+    pages = json.loads(result.as_numpy("pages")[0])
+    assert [p["page"] for p in pages] == [1, 2, 3]

@@ -54,14 +54,22 @@ pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
     );
     model.pool().wait_ready().await?;
     let mut options = model.options_builder();
-    if let Some(psm) = args.psm {
-        options
-            .apply("option", "psm", ParamValue::Int(psm))
-            .map_err(CommandError::Option)?;
+    let given = [
+        ("psm", args.psm.map(ParamValue::Int)),
+        ("pages", args.pages.as_deref().map(ParamValue::Str)),
+        ("rotate", args.rotate.as_deref().map(ParamValue::Str)),
+        ("render_dpi", args.render_dpi.map(ParamValue::Int)),
+    ];
+    for (name, value) in given {
+        if let Some(value) = value {
+            options
+                .apply("option", name, value)
+                .map_err(CommandError::Option)?;
+        }
     }
     let options = options.build();
     let outputs = if args.json {
-        vec![OutputKind::Text, OutputKind::Confidence, OutputKind::Words]
+        vec![OutputKind::Words, OutputKind::Pages]
     } else {
         vec![OutputKind::Text]
     };
@@ -86,17 +94,21 @@ pub async fn ocr(args: OcrArgs) -> Result<(), CommandError> {
                 source,
             })?;
         let result = response.results.remove(0);
-        let text = result.text.unwrap_or_default();
-        if args.json {
+        if !args.json {
+            print!("{}", result.text.unwrap_or_default());
+            continue;
+        }
+        let words = result.words.unwrap_or_default();
+        for page in result.pages {
             let line = json!({
                 "file": name,
-                "text": text,
-                "confidence": result.confidence,
-                "words": result.words,
+                "page": page.page,
+                "text": page.text,
+                "confidence": page.confidence,
+                "orientation": page.orientation,
+                "words": words.iter().filter(|w| w.page == page.page).collect::<Vec<_>>(),
             });
             println!("{line}");
-        } else {
-            print!("{text}");
         }
     }
     Ok(())

@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 
 use crate::{
     auth::{read_keys_file, AuthConfig, KeysFileError, Limit},
-    model::Admission,
-    ocr::{ImageLimits, Languages, PoolConfig},
+    model::{Admission, OSD_LANG},
+    ocr::{document::MAX_DPI, DocumentLimits, Dpi, ImageLimits, Languages, OcrOptions, PoolConfig},
     tls::{Tls, TlsError, TlsFiles},
 };
 pub use crate::{
@@ -43,6 +43,13 @@ pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 << 20;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 50_000_000;
 /// The most `--max-image-pixels` may be: Tesseract addresses an RGBA page with C ints.
 pub const MAX_IMAGE_PIXELS_CEILING: u64 = (i32::MAX / 4) as u64;
+/// Pages one element of a synchronous request may have: a long report, not an archive.
+pub const DEFAULT_MAX_PAGES: &str = "100";
+/// PDF render resolutions above this buy pixels, not accuracy.
+pub const DEFAULT_MAX_RENDER_DPI: u32 = 600;
+/// The orientation confidence `rotate=auto` turns a page at. Measured on rendered pages: a
+/// turned page of text scores 5 to 30, an upright one's wrong guesses stay under 1.
+pub const DEFAULT_ROTATE_THRESHOLD: f32 = 2.0;
 pub const DEFAULT_QUEUE_CAPACITY: &str = "128";
 pub const DEFAULT_ENGINES_PER_WORKER: &str = "4";
 pub const DEFAULT_HEALTHCHECK_TIMEOUT_SECS: u64 = 3;
@@ -285,6 +292,24 @@ pub struct EngineArgs {
     /// before decoding.
     #[arg(long, env = "TESSERVE_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
+
+    /// Most pages a PDF or TIFF element may have; a longer one is refused before any page is
+    /// read. (`pages` selects fewer, but the whole document still counts.)
+    #[arg(long, env = "TESSERVE_MAX_PAGES", default_value = DEFAULT_MAX_PAGES)]
+    pub max_pages: NonZeroUsize,
+
+    /// Largest page of a document, in pixels as rendered (or as stored, for TIFF); checked
+    /// from the page box and `render_dpi` before rendering.
+    #[arg(long, env = "TESSERVE_MAX_PAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_page_pixels: u64,
+
+    /// Highest `render_dpi` a request may ask PDF pages to be rendered at (default 300).
+    #[arg(long, env = "TESSERVE_MAX_RENDER_DPI", default_value_t = DEFAULT_MAX_RENDER_DPI)]
+    pub max_render_dpi: u32,
+
+    /// Orientation confidence from which `rotate=auto` turns a page.
+    #[arg(long, env = "TESSERVE_ROTATE_THRESHOLD", default_value_t = DEFAULT_ROTATE_THRESHOLD)]
+    pub rotate_threshold: f32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -292,7 +317,8 @@ pub enum SplitPages {
     /// A page of 2 Mpx or more that arrives while engines are idle is cut between lines into
     /// strips of equal ink, only where the page is a single column (columns are never
     /// interleaved), and read on the idle engines at once (only for the text and confidence
-    /// outputs, and page segmentation modes 1, 3, 4 and 6).
+    /// outputs, and page segmentation modes 1, 3, 4 and 6). A document's pages are read side by
+    /// side instead: only its last page may be split.
     Auto,
     /// One engine per page.
     Off,
@@ -300,17 +326,30 @@ pub enum SplitPages {
 
 #[derive(Clone, Debug, Args)]
 pub struct OcrArgs {
-    /// Image files to recognise.
+    /// Image, PDF or TIFF files to recognise.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 
-    /// Print one JSON object per file (text, confidence, words) instead of plain text.
+    /// Print one JSON object per page (file, page, text, confidence, words) instead of plain
+    /// text, whose pages are separated by form feeds.
     #[arg(long)]
     pub json: bool,
 
     /// Page segmentation mode, 0 to 13.
     #[arg(long)]
     pub psm: Option<i64>,
+
+    /// Pages of each PDF or TIFF to read, e.g. `1-3,5`; all by default.
+    #[arg(long)]
+    pub pages: Option<String>,
+
+    /// `off` or `auto`: turn each page upright first (needs osd.traineddata).
+    #[arg(long)]
+    pub rotate: Option<String>,
+
+    /// Resolution PDF pages are rendered at (default 300).
+    #[arg(long)]
+    pub render_dpi: Option<i64>,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -362,6 +401,12 @@ pub enum ConfigError {
     Zero { name: &'static str },
     #[error("--{name} must be at most {max}")]
     TooLarge { name: &'static str, max: u64 },
+    #[error("--{name} must be from {min} to {max}")]
+    Range {
+        name: &'static str,
+        min: u64,
+        max: u64,
+    },
     #[error("--{name} must be a number of seconds, not {value}")]
     Seconds { name: &'static str, value: f64 },
     #[error("--api-keys-file: {0}")]
@@ -458,15 +503,33 @@ impl EngineArgs {
                 name: "max-image-bytes",
             });
         }
-        if self.max_image_pixels == 0 {
-            return Err(ConfigError::Zero {
-                name: "max-image-pixels",
-            });
+        for (name, pixels) in [
+            ("max-image-pixels", self.max_image_pixels),
+            ("max-page-pixels", self.max_page_pixels),
+        ] {
+            if pixels == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+            if pixels > MAX_IMAGE_PIXELS_CEILING {
+                return Err(ConfigError::TooLarge {
+                    name,
+                    max: MAX_IMAGE_PIXELS_CEILING,
+                });
+            }
         }
-        if self.max_image_pixels > MAX_IMAGE_PIXELS_CEILING {
-            return Err(ConfigError::TooLarge {
-                name: "max-image-pixels",
-                max: MAX_IMAGE_PIXELS_CEILING,
+        let max_render_dpi = Dpi::new(self.max_render_dpi)
+            .ok()
+            .filter(|dpi| dpi.get() >= OcrOptions::MIN_DPI)
+            .ok_or(ConfigError::Range {
+                name: "max-render-dpi",
+                min: OcrOptions::MIN_DPI.into(),
+                max: MAX_DPI.into(),
+            })?;
+        if !(self.rotate_threshold.is_finite() && self.rotate_threshold >= 0.0) {
+            return Err(ConfigError::Range {
+                name: "rotate-threshold",
+                min: 0,
+                max: u64::from(u16::MAX),
             });
         }
         let tessdata = resolve_tessdata(
@@ -483,18 +546,23 @@ impl EngineArgs {
             .workers
             .or_else(|| std::thread::available_parallelism().ok())
             .unwrap_or(NonZeroUsize::MIN);
+        let limits = ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+        };
         Ok(PoolConfig {
             workers,
             queue_capacity: self.queue_capacity,
             engines_per_worker: self.engines_per_worker,
             tessdata,
-            languages,
             default_lang,
-            limits: ImageLimits {
-                max_bytes: self.max_image_bytes,
-                max_pixels: self.max_image_pixels,
-            },
+            limits,
+            documents: DocumentLimits::new(&limits, self.max_pages.get(), self.max_page_pixels),
+            max_render_dpi,
             split_pages: self.split_pages == SplitPages::Auto,
+            osd: languages.parse(OSD_LANG).ok(),
+            rotate_threshold: self.rotate_threshold,
+            languages,
         })
     }
 }

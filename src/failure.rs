@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::{
     model::InferError,
-    ocr::ImageError,
+    ocr::{DocumentError, ImageError},
     telemetry::{self, metrics::REJECTED},
 };
 
@@ -249,6 +249,15 @@ impl From<InferError> for Failure {
                 ..
             } => Reason::TooLarge,
             InferError::Image { .. } => Reason::InvalidImage,
+            InferError::Document { source, .. } => match source {
+                DocumentError::TooManyBytes { .. }
+                | DocumentError::TooManyPages { .. }
+                | DocumentError::PageTooLarge { .. }
+                | DocumentError::PageSideTooLong { .. }
+                | DocumentError::EmbeddedImageTooLarge { .. } => Reason::TooLarge,
+                DocumentError::Cancelled => Reason::Cancelled,
+                _ => Reason::InvalidImage,
+            },
             InferError::InvalidInput(_) | InferError::Lang { .. } => Reason::InvalidArgument,
             InferError::NotReady(_) => Reason::NotReady,
             InferError::QueueFull(_) => Reason::QueueFull,

@@ -5,6 +5,7 @@ mod common;
 use std::{path::PathBuf, process::Output};
 
 use common::served::{free_port, tesserve, Served};
+use serde_json::json;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -35,6 +36,42 @@ fn ocr_json_has_text_confidence_and_words() {
     common::assert_text(line["text"].as_str().unwrap(), "Invoice 2024", 1);
     assert!(line["confidence"].as_f64().unwrap() > 0.5);
     assert_eq!(line["words"][1]["text"], "2024");
+}
+
+#[test]
+fn ocr_reads_a_pdf_page_by_page() {
+    use common::documents::{pages_text, scan_pdf, Encoding, PAGE_TEXT};
+    let path = std::env::temp_dir().join(format!("tesserve-cli-{}.pdf", std::process::id()));
+    std::fs::write(&path, scan_pdf(&pages_text(3), Encoding::Flate, None)).unwrap();
+    let file = path.to_str().unwrap();
+
+    let output = tesserve(&["ocr", file]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let pages: Vec<&str> = stdout.split('\u{c}').collect();
+    assert_eq!(pages.len(), 3, "pages separated by form feeds: {stdout:?}");
+    for (page, lines) in pages.iter().zip(PAGE_TEXT) {
+        common::assert_text(page.trim(), &lines.join("\n"), 3);
+    }
+
+    let output = tesserve(&["ocr", "--json", "--pages", "2-3", file]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one object per page: {lines:?}");
+    for (line, number) in lines.iter().zip([2, 3]) {
+        assert_eq!(
+            (&line["file"], &line["page"]),
+            (&json!(file), &json!(number))
+        );
+        let text = line["text"].as_str().unwrap();
+        common::assert_text(text.trim(), &PAGE_TEXT[number - 1].join("\n"), 3);
+        assert_eq!(line["words"][0]["page"], number);
+    }
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

@@ -8,12 +8,14 @@ mod common;
 use std::{io::Cursor, sync::atomic::AtomicBool};
 
 use bytes::Bytes;
-use image::{codecs::jpeg::JpegEncoder, GrayImage};
-use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str};
+use common::documents::{
+    hand_pdf, pages_text, scan_pdf, tiff_file, vector_pdf, Encoding, PAGE_TEXT,
+};
+use image::GrayImage;
+use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref};
 use tesserve::ocr::{
     sniff, Document, DocumentError, DocumentLimits, Dpi, Kind, PageIndex, PageSize, RenderedPage,
 };
-use tiff::encoder::{colortype::Gray8, Compression, Rational, TiffEncoder};
 
 const LIMITS: DocumentLimits = DocumentLimits {
     max_bytes: 16 << 20,
@@ -21,146 +23,8 @@ const LIMITS: DocumentLimits = DocumentLimits {
     max_page_pixels: 40_000_000,
 };
 
-const PAGE_TEXT: [[&str; 2]; 3] = [
-    ["The first page of a scan", "has two lines of text"],
-    ["A second page follows it", "with other words on it"],
-    ["The third and last page", "ends the document here"],
-];
-
 fn dpi(n: u32) -> Dpi {
     Dpi::new(n).unwrap()
-}
-
-#[derive(Clone, Copy)]
-enum Encoding {
-    Flate,
-    Dct,
-}
-
-/// A scanned-style PDF: each page one gray image filling it, placed at 300 dpi, as a copier
-/// writes them.
-fn scan_pdf(pages: &[GrayImage], encoding: Encoding, rotate: Option<i32>) -> Vec<u8> {
-    let mut pdf = Pdf::new();
-    let catalog = Ref::new(1);
-    let tree = Ref::new(2);
-    let mut next = 3;
-    let mut alloc = || {
-        next += 1;
-        Ref::new(next)
-    };
-    let mut kids = Vec::new();
-    for image in pages {
-        let (page_id, image_id, content_id) = (alloc(), alloc(), alloc());
-        kids.push(page_id);
-        let (w, h) = (image.width() as f32, image.height() as f32);
-        let (pw, ph) = (w * 72.0 / 300.0, h * 72.0 / 300.0);
-        let mut page = pdf.page(page_id);
-        page.parent(tree)
-            .media_box(Rect::new(0.0, 0.0, pw, ph))
-            .contents(content_id);
-        if let Some(degrees) = rotate {
-            page.rotate(degrees);
-        }
-        page.resources().x_objects().pair(Name(b"Im0"), image_id);
-        page.finish();
-
-        let (data, filter) = match encoding {
-            Encoding::Flate => (
-                miniz_oxide::deflate::compress_to_vec_zlib(image.as_raw(), 6),
-                Filter::FlateDecode,
-            ),
-            Encoding::Dct => {
-                let mut out = Vec::new();
-                JpegEncoder::new_with_quality(&mut out, 90)
-                    .encode_image(image)
-                    .unwrap();
-                (out, Filter::DctDecode)
-            }
-        };
-        let mut xobject = pdf.image_xobject(image_id, &data);
-        xobject.filter(filter);
-        xobject
-            .width(image.width() as i32)
-            .height(image.height() as i32)
-            .bits_per_component(8);
-        xobject.color_space().device_gray();
-        xobject.finish();
-
-        let mut content = Content::new();
-        content
-            .save_state()
-            .transform([pw, 0.0, 0.0, ph, 0.0, 0.0])
-            .x_object(Name(b"Im0"))
-            .restore_state();
-        pdf.stream(content_id, &content.finish());
-    }
-    pdf.pages(tree)
-        .kids(kids.iter().copied())
-        .count(kids.len() as i32);
-    pdf.catalog(catalog).pages(tree);
-    pdf.finish()
-}
-
-/// A born-digital page: text drawn in a standard (non-embedded) font, Letter size.
-fn vector_pdf(lines: &[&str]) -> Vec<u8> {
-    let mut pdf = Pdf::new();
-    let (catalog, tree, page_id, font_id, content_id) = (
-        Ref::new(1),
-        Ref::new(2),
-        Ref::new(3),
-        Ref::new(4),
-        Ref::new(5),
-    );
-    pdf.catalog(catalog).pages(tree);
-    pdf.pages(tree).kids([page_id]).count(1);
-    let mut page = pdf.page(page_id);
-    page.parent(tree)
-        .media_box(Rect::new(0.0, 0.0, 612.0, 792.0))
-        .contents(content_id);
-    page.resources().fonts().pair(Name(b"F1"), font_id);
-    page.finish();
-    pdf.type1_font(font_id).base_font(Name(b"Helvetica"));
-    let mut content = Content::new();
-    for (i, line) in lines.iter().enumerate() {
-        content
-            .begin_text()
-            .set_font(Name(b"F1"), 24.0)
-            .next_line(72.0, 700.0 - 40.0 * i as f32)
-            .show(Str(line.as_bytes()))
-            .end_text();
-    }
-    pdf.stream(content_id, &content.finish());
-    pdf.finish()
-}
-
-/// Writes `objects` (numbered from 1) as a PDF with a correct cross-reference table.
-fn hand_pdf(objects: &[String]) -> Vec<u8> {
-    let mut out = b"%PDF-1.7\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend(format!("{} 0 obj\n{body}\nendobj\n", i + 1).bytes());
-    }
-    let xref = out.len();
-    out.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).bytes());
-    for offset in offsets {
-        out.extend(format!("{offset:010} 00000 n \n").bytes());
-    }
-    out.extend(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .bytes(),
-    );
-    out
-}
-
-fn pages_text(n: usize) -> Vec<GrayImage> {
-    PAGE_TEXT[..n]
-        .iter()
-        .map(|lines| common::render_gray(lines))
-        .collect()
 }
 
 fn open(file: Vec<u8>) -> Result<Document, DocumentError> {
@@ -240,12 +104,32 @@ async fn a_scanned_pdf_renders_every_page_at_the_asked_resolution_and_reads_back
             page.index
         );
         assert_eq!(page.dpi, Some(dpi(300)));
-        assert_has_text(page);
+        // The scanner's own pixels, unchanged.
+        assert!(
+            page.pixels.data() == image.as_raw().as_slice(),
+            "{}",
+            page.index
+        );
     }
     let texts = ocr(&rendered.iter().collect::<Vec<_>>()).await;
     for (text, lines) in texts.iter().zip(PAGE_TEXT) {
         common::assert_text(text.trim(), &lines.join("\n"), 3);
     }
+}
+
+#[test]
+fn a_scan_is_read_at_its_own_resolution_never_upsampled() {
+    let images = pages_text(1);
+    let document = open(scan_pdf(&images, Encoding::Flate, None)).unwrap();
+    let index = document.page_indexes()[0];
+    document.check(&[index], dpi(600)).unwrap();
+    let page = document.render(index, dpi(600)).unwrap();
+    assert_eq!(
+        page.dpi,
+        Some(dpi(300)),
+        "the scan's resolution, not the one asked for"
+    );
+    assert!(page.pixels.data() == images[0].as_raw().as_slice());
 }
 
 #[test]
@@ -523,23 +407,6 @@ fn an_encrypted_pdf_names_the_missing_password() {
         .render(document.page_indexes()[0], dpi(150))
         .unwrap();
     assert_has_text(&page);
-}
-
-/// A TIFF of `pages`, LZW-compressed 8-bit gray at 300 dpi. (The tiff crate can decode CCITT
-/// G4 but has no G4 encoder.)
-fn tiff_file(pages: &[GrayImage]) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    let mut encoder = TiffEncoder::new(&mut out)
-        .unwrap()
-        .with_compression(Compression::Lzw);
-    for page in pages {
-        let mut image = encoder
-            .new_image::<Gray8>(page.width(), page.height())
-            .unwrap();
-        image.resolution(tiff::tags::ResolutionUnit::Inch, Rational { n: 300, d: 1 });
-        image.write_data(page.as_raw()).unwrap();
-    }
-    out.into_inner()
 }
 
 #[tokio::test]

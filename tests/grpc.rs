@@ -146,7 +146,10 @@ async fn health_and_metadata_rpcs_describe_the_model() {
             ("confidence", "FP32"),
             ("words", "BYTES"),
             ("hocr", "BYTES"),
-            ("tsv", "BYTES")
+            ("tsv", "BYTES"),
+            ("alto", "BYTES"),
+            ("pdf", "BYTES"),
+            ("pages", "BYTES")
         ]
     );
 
@@ -536,7 +539,7 @@ async fn malformed_requests_name_what_is_wrong() {
         (both_carriers, "input 'image' has both contents and raw_input_contents; send one"),
         (raw_count, "raw_input_contents has 2 entries for 1 inputs; expected one per input"),
         (bad_framing, "input 'image': raw contents: element 0 declares 255 bytes but only 3 remain"),
-        (unknown_output, "unknown output 'summary'; the model's outputs are text, confidence, words, hocr, tsv"),
+        (unknown_output, "unknown output 'summary'; the model's outputs are text, confidence, words, hocr, tsv, alto, pdf, pages"),
         (twice, "output 'text' is requested twice"),
         (classification, "output 'confidence' parameter 'classification': this server does not support that extension"),
         (empty, "input 'image' has no elements"),

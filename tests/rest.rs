@@ -83,7 +83,7 @@ async fn service_and_metadata_endpoints() {
             model["inputs"][0],
             json!({"name": "image", "datatype": "BYTES", "shape": [-1]})
         );
-        assert_eq!(model["outputs"].as_array().unwrap().len(), 5);
+        assert_eq!(model["outputs"].as_array().unwrap().len(), 8);
     }
     for path in ["/v2/models/ocr/ready", "/v2/models/ocr/versions/1/ready"] {
         let ready: Value = get(path).await.unwrap().json().await.unwrap();

@@ -7,6 +7,7 @@
 //! writing its figures on a gross throughput regression against the ceiling ([`guard`]).
 
 mod chart;
+mod document;
 mod guard;
 mod markdown;
 mod server;
@@ -42,6 +43,10 @@ struct Args {
     /// Reads of the A4 page per run, on raw Tesseract and on each server.
     #[arg(long, default_value_t = 5)]
     page_reads: usize,
+
+    /// Pages of the scanned PDF of the document figure.
+    #[arg(long, default_value_t = 20)]
+    document_pages: usize,
 
     /// Requests of the memory-growth run.
     #[arg(long, default_value_t = 10_000)]
@@ -151,6 +156,7 @@ pub struct Results {
     pub page_whole_busy: Spread,
     /// Character error rate of the split page's text against the whole page's.
     pub page_split_cer: f64,
+    pub document: Option<document::DocumentFigures>,
 }
 
 fn main() {
@@ -344,6 +350,15 @@ fn run(args: &Args) -> Result<(), Error> {
     results.page_split_cer =
         images::distance(&split_text, &whole_text) as f64 / whole_text.len().max(1) as f64;
     drop(whole);
+
+    results.document = Some(document::measure(
+        &args.bin,
+        &renderer,
+        tessdata,
+        cores,
+        args.document_pages,
+        args.runs,
+    )?);
 
     results.rss_before_growth_mib = server.rss_mib();
     let growth = args.growth_requests.to_string();

@@ -57,7 +57,10 @@ impl Server {
             grpc_port,
             http_port,
             startup: Duration::ZERO,
-            http: reqwest::blocking::Client::new(),
+            // A whole document is one request: longer than the blocking client's 30 s default.
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()?,
         };
         let ready = format!("http://127.0.0.1:{http_port}/v2/health/ready");
         while !server
@@ -80,12 +83,23 @@ impl Server {
         rss_mib(self.child.id())
     }
 
+    /// The server's `/predict` answer for `image`.
+    fn predict(&self, image: &[u8]) -> Result<serde_json::Value, Error> {
+        let url = format!("http://127.0.0.1:{}/predict", self.http_port);
+        let part = reqwest::blocking::multipart::Part::bytes(image.to_vec()).file_name("upload");
+        let form = reqwest::blocking::multipart::Form::new().part("file", part);
+        answer(self.http.post(url).multipart(form).send()?)
+    }
+
+    /// The server's OIP REST v2 answer to `body`.
+    pub fn infer(&self, body: &serde_json::Value) -> Result<serde_json::Value, Error> {
+        let url = format!("http://127.0.0.1:{}/v2/models/ocr/infer", self.http_port);
+        answer(self.http.post(url).json(body).send()?)
+    }
+
     /// The text the server reads in `image`, over REST.
     pub fn read(&self, image: &[u8]) -> Result<String, Error> {
-        let url = format!("http://127.0.0.1:{}/predict", self.http_port);
-        let part = reqwest::blocking::multipart::Part::bytes(image.to_vec()).file_name("page.png");
-        let form = reqwest::blocking::multipart::Form::new().part("file", part);
-        let reply: serde_json::Value = self.http.post(url).multipart(form).send()?.json()?;
+        let reply = self.predict(image)?;
         reply["text"]
             .as_str()
             .map(str::to_owned)
@@ -151,4 +165,13 @@ fn rss_mib(pid: u32) -> f64 {
                 .and_then(|kib| kib.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn answer(response: reqwest::blocking::Response) -> Result<serde_json::Value, Error> {
+    let (status, url) = (response.status(), response.url().path().to_owned());
+    let reply: serde_json::Value = response.json()?;
+    match status.is_success() {
+        true => Ok(reply),
+        false => Err(format!("{url} answered {status}: {reply}").into()),
+    }
 }

@@ -53,6 +53,15 @@ fn decode(sample: &Sample) -> Result<Decoded, CeilingError> {
     })
 }
 
+/// When the engines of a measurement stop.
+#[derive(Clone, Copy, Debug)]
+enum Until {
+    /// Once this much time has passed (after at least one image each).
+    Elapsed(Duration),
+    /// Once every image has been read exactly once: pages of a document.
+    EachOnce,
+}
+
 /// Runs `threads` engines over `samples` for `duration`, taking the images in turn from one
 /// shared sequence, as the load generator sends them.
 pub fn measure(
@@ -61,13 +70,32 @@ pub fn measure(
     threads: usize,
     duration: Duration,
 ) -> Result<Ceiling, CeilingError> {
+    run(samples, tessdata, threads, Until::Elapsed(duration))
+}
+
+/// Runs `threads` engines over `samples`, each read once, as a server reads the pages of
+/// one document: the elapsed time is the document's.
+pub fn read_each_once(
+    samples: &[Sample],
+    tessdata: &Path,
+    threads: usize,
+) -> Result<Ceiling, CeilingError> {
+    run(samples, tessdata, threads, Until::EachOnce)
+}
+
+fn run(
+    samples: &[Sample],
+    tessdata: &Path,
+    threads: usize,
+    until: Until,
+) -> Result<Ceiling, CeilingError> {
     let decoded = samples.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
     // Engines load before the clock starts: the server's load before it reports ready.
     let loaded = Barrier::new(threads + 1);
     let (per_thread, started) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| engine_loop(&decoded, tessdata, &next, &loaded, duration)))
+            .map(|_| scope.spawn(|| engine_loop(&decoded, tessdata, &next, &loaded, until)))
             .collect();
         loaded.wait();
         let started = Instant::now();
@@ -116,26 +144,30 @@ fn read(api: &TesseractAPI, image: &Decoded) -> Result<Duration, CeilingError> {
     Ok(took)
 }
 
-/// One engine taking the next image of the set until `duration` has passed (at least one
-/// image); the time of each.
+/// One engine taking the next image of the set until `until`; the time of each.
 fn engine_loop(
     set: &[Decoded],
     tessdata: &Path,
     next: &AtomicUsize,
     loaded: &Barrier,
-    duration: Duration,
+    until: Until,
 ) -> Result<Vec<Duration>, CeilingError> {
     let api = engine(tessdata);
     // Every thread reaches the barrier, loaded or not, so none waits forever.
     loaded.wait();
     let api = api?;
-    let until = Instant::now() + duration;
+    let started = Instant::now();
     let mut latencies = Vec::new();
     loop {
-        let image = &set[next.fetch_add(1, Ordering::Relaxed) % set.len()];
-        latencies.push(read(&api, image)?);
-        if Instant::now() >= until {
-            return Ok(latencies);
+        let taken = next.fetch_add(1, Ordering::Relaxed);
+        match until {
+            Until::EachOnce if taken >= set.len() => return Ok(latencies),
+            _ => latencies.push(read(&api, &set[taken % set.len()])?),
+        }
+        if let Until::Elapsed(duration) = until {
+            if started.elapsed() >= duration {
+                return Ok(latencies);
+            }
         }
     }
 }

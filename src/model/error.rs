@@ -1,7 +1,7 @@
 //! Why an inference failed, with the input it concerns. [`crate::failure`] classifies it for
 //! the protocols, once.
 
-use crate::ocr::{ImageError, LangError, QueueFull};
+use crate::ocr::{DocumentError, ImageError, LangError, QueueFull};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -18,6 +18,8 @@ pub enum InferError {
     InvalidInput(String),
     #[error("input 'image'[{index}]: {source}")]
     Image { index: usize, source: ImageError },
+    #[error("input 'image'[{index}]: {source}")]
+    Document { index: usize, source: DocumentError },
     #[error("{place} 'lang': {source}")]
     Lang { place: String, source: LangError },
     #[error("model '{0}' is not ready: its engines are still loading")]

@@ -19,16 +19,19 @@ use tokio::sync::Semaphore;
 
 pub use self::cache::{Key, ResultCache};
 pub use self::error::InferError;
-pub use self::params::{OptionsBuilder, ParamValue};
+pub use self::params::{OptionsBuilder, ParamValue, OSD_LANG};
 pub use self::stats::{DurationTotal, Stats, StatsSnapshot};
 
 use ::metrics::{counter, gauge, histogram};
 use tracing::Instrument;
 
+use futures::{stream::FuturesOrdered, StreamExt};
+use tokio::sync::oneshot;
+
 use crate::{
     ocr::{
-        EngineError, EnginePool, ImageInput, OcrOptions, OcrResult, OutputKind, OutputSet, Task,
-        TaskError,
+        document, output, Document, Dpi, EngineError, EnginePool, ImageInput, Input, OcrOptions,
+        OcrResult, OutputKind, OutputSet, PageIndex, Task, TaskError,
     },
     telemetry::{self, metrics},
 };
@@ -230,7 +233,11 @@ impl Model {
     }
 
     pub fn options_builder(&self) -> OptionsBuilder<'_> {
-        OptionsBuilder::new(self.pool.languages(), self.default_options())
+        OptionsBuilder::new(
+            self.pool.languages(),
+            self.default_options(),
+            self.pool.max_render_dpi(),
+        )
     }
 
     /// Checks that a request addresses this model; an empty version means the current one.
@@ -301,12 +308,12 @@ impl Model {
                 "input '{INPUT_NAME}' has no elements"
             )));
         }
-        // Header-only checks: an oversized or undecodable image is refused before it queues.
-        let limits = self.pool.limits();
-        for (index, image) in request.images.iter().enumerate() {
-            image
-                .inspect(limits)
-                .map_err(|source| InferError::Image { index, source })?;
+        let options = Arc::new(request.options);
+        // Every element is checked before any is queued: an oversized image, a document over a
+        // limit or a bad page range is refused before any work starts.
+        let mut elements = Vec::with_capacity(request.images.len());
+        for (index, image) in request.images.into_iter().enumerate() {
+            elements.push(self.inspect(index, image, &options).await?);
         }
         let cap = self
             .admission
@@ -317,85 +324,292 @@ impl Model {
             return Err(InferError::DeadlineExceeded);
         }
 
-        let options = Arc::new(request.options);
         let outputs: OutputSet = request.outputs.iter().copied().collect();
-        let keys: Vec<Option<Key>> = request
-            .images
-            .iter()
-            .map(|image| {
-                self.cache
-                    .as_ref()
-                    .map(|_| Key::new(image, &options, outputs))
-            })
-            .collect();
-        let mut results: Vec<Option<OcrResult>> = keys
-            .iter()
-            .map(|key| {
-                let mut result = self.cache.as_ref()?.get(key.as_ref()?)?;
-                result.cached = true;
-                result.timings = Default::default();
-                Some(result)
-            })
-            .collect();
-        let mut pending = Vec::new();
-        let tasks: Vec<Task> = request
-            .images
-            .into_iter()
-            .enumerate()
-            .filter(|(index, _)| results[*index].is_none())
-            .map(|(index, image)| {
-                pending.push(index);
-                histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
-                Task {
-                    // Span numbers as i64: OpenTelemetry has no unsigned integers.
-                    span: tracing::info_span!(
-                        "image",
-                        batch_index = index as i64,
-                        bytes = image.len() as i64
-                    ),
-                    image,
-                    options: options.clone(),
-                    outputs,
-                    deadline,
-                }
-            })
-            .collect();
-        let receivers = match tasks.is_empty() {
-            true => Vec::new(),
-            false => self.pool.submit(tasks)?,
+        let work = Work {
+            options,
+            outputs,
+            page_outputs: page_outputs(outputs),
+            deadline,
         };
-
-        // Dropping the receivers (on an error or at the deadline) cancels the images still
-        // queued or running.
-        let collect = async {
-            for (&index, receiver) in pending.iter().zip(receivers) {
-                let reply = receiver
-                    .await
-                    .map_err(|_| InferError::Internal("an engine worker exited".into()))?;
-                let result = reply.map_err(|error| task_error(index, error))?;
-                if let (Some(cache), Some(key)) = (&self.cache, &keys[index]) {
-                    cache.insert(*key, &result);
-                }
-                results[index] = Some(result);
-            }
-            Ok::<_, InferError>(())
-        };
-        match deadline {
+        let collect = self.read(elements, &work);
+        let results = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), collect)
                 .await
                 .map_err(|_| InferError::DeadlineExceeded)??,
             None => collect.await?,
         };
-        let results = results
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| InferError::Internal("an image got no result".into()))?;
         Ok(InferResponse {
             id: request.id,
             outputs: request.outputs,
             results,
         })
     }
+
+    /// Checks what can be known of one element before any work: an image's header, or a
+    /// document's structure, page selection and page sizes.
+    async fn inspect(
+        &self,
+        index: usize,
+        image: ImageInput,
+        options: &Arc<OcrOptions>,
+    ) -> Result<Element, InferError> {
+        let document = match &image {
+            ImageInput::Encoded(file) if document::sniff(file) != document::Kind::Image => {
+                file.clone()
+            }
+            _ => {
+                image
+                    .inspect(self.pool.limits())
+                    .map_err(|source| InferError::Image { index, source })?;
+                return Ok(Element::Image(image));
+            }
+        };
+        let limits = *self.pool.document_limits();
+        let options = options.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let document = Document::open(document, &limits)?;
+            let pages = match &options.pages {
+                Some(spec) => document.select(spec)?,
+                None => document.page_indexes(),
+            };
+            document.check(&pages, options.render_dpi)?;
+            Ok((document, pages))
+        })
+        .await
+        .map_err(|_| InferError::Internal("opening a document panicked".into()))?;
+        let (document, pages) = opened.map_err(|source| InferError::Document { index, source })?;
+        Ok(Element::Document {
+            document: Arc::new(document),
+            pages,
+        })
+    }
+
+    /// Reads every element, images queued as one batch (all or nothing) and documents page by
+    /// page beside them; the results in element order.
+    async fn read(
+        &self,
+        elements: Vec<Element>,
+        work: &Work,
+    ) -> Result<Vec<OcrResult>, InferError> {
+        let cache = |image: &ImageInput| {
+            let cache = self.cache.as_ref()?;
+            Some((cache, Key::new(image, &work.options, work.outputs)))
+        };
+        let mut tasks = Vec::new();
+        let mut reads = Vec::with_capacity(elements.len());
+        for (index, element) in elements.into_iter().enumerate() {
+            match element {
+                Element::Image(image) => {
+                    let cached = cache(&image);
+                    if let Some(mut hit) = cached.and_then(|(cache, key)| cache.get(&key)) {
+                        hit.cached = true;
+                        hit.timings = Default::default();
+                        reads.push(Read::Done(Box::new(hit)));
+                        continue;
+                    }
+                    histogram!(metrics::IMAGE_BYTES).record(image.len() as f64);
+                    let key = cached.map(|(_, key)| key);
+                    tasks.push(work.task(
+                        Input::Image(image),
+                        tracing::info_span!(
+                            "image",
+                            // Span numbers as i64: OpenTelemetry has no unsigned integers.
+                            batch_index = index as i64,
+                        ),
+                    ));
+                    reads.push(Read::Image { index, key });
+                }
+                Element::Document { document, pages } => reads.push(Read::Document {
+                    index,
+                    document,
+                    pages,
+                }),
+            }
+        }
+        let mut receivers = match tasks.is_empty() {
+            true => Vec::new(),
+            false => self.pool.submit(tasks)?,
+        }
+        .into_iter();
+
+        // Dropping these futures (on an error or at the deadline) cancels the pages still
+        // queued or running, and stops rendering.
+        let reads = reads.into_iter().map(|read| {
+            let receiver = match read {
+                Read::Image { .. } => receivers.next(),
+                _ => None,
+            };
+            async move {
+                match read {
+                    Read::Done(result) => Ok(*result),
+                    Read::Image { index, key } => {
+                        let receiver = receiver.ok_or_else(worker_gone)?;
+                        let page = receive(index, receiver).await?;
+                        let result = assemble(index, vec![page], work.outputs)?;
+                        if let (Some(cache), Some(key)) = (&self.cache, key) {
+                            cache.insert(key, &result);
+                        }
+                        Ok(result)
+                    }
+                    Read::Document {
+                        index,
+                        document,
+                        pages,
+                    } => {
+                        let pages = self.read_pages(index, document, pages, work).await?;
+                        assemble(index, pages, work.outputs)
+                    }
+                }
+            }
+        });
+        futures::future::try_join_all(reads).await
+    }
+
+    /// Renders a document's pages just in time and recognises them across the pool: at most
+    /// one page per engine, plus one rendered ahead, is in memory or in the queue at once,
+    /// whatever the document's length.
+    async fn read_pages(
+        &self,
+        index: usize,
+        document: Arc<Document>,
+        pages: Vec<PageIndex>,
+        work: &Work,
+    ) -> Result<Vec<OcrResult>, InferError> {
+        let window = self.pool.workers() + 1;
+        let mut results = Vec::with_capacity(pages.len());
+        let mut in_flight = FuturesOrdered::new();
+        let mut first = true;
+        let mut pages = pages.into_iter();
+        counter!(metrics::DOCUMENT_PAGES).increment(pages.len() as u64);
+        loop {
+            while in_flight.len() < window {
+                let Some(page) = pages.next() else { break };
+                let more_follow = pages.len() > 0;
+                let dpi = work.options.render_dpi;
+                let input = render(index, document.clone(), page, dpi, more_follow).await?;
+                let span = tracing::info_span!(
+                    "page",
+                    batch_index = index as i64,
+                    page = page.number() as i64
+                );
+                let task = work.task(input, span);
+                // The first page is admitted as any batch is, or refused at once; the rest
+                // follow it.
+                let receiver = match std::mem::take(&mut first) {
+                    true => self
+                        .pool
+                        .submit(vec![task])?
+                        .pop()
+                        .ok_or_else(worker_gone)?,
+                    false => self.pool.submit_more(task),
+                };
+                in_flight.push_back(receive(index, receiver));
+            }
+            match in_flight.next().await {
+                Some(result) => results.push(result?),
+                None => return Ok(results),
+            }
+        }
+    }
+}
+
+/// One element of a request, checked and ready to read.
+enum Element {
+    Image(ImageInput),
+    Document {
+        document: Arc<Document>,
+        pages: Vec<PageIndex>,
+    },
+}
+
+/// How one element of a batch will be read.
+enum Read {
+    Done(Box<OcrResult>),
+    Image {
+        index: usize,
+        key: Option<Key>,
+    },
+    Document {
+        index: usize,
+        document: Arc<Document>,
+        pages: Vec<PageIndex>,
+    },
+}
+
+/// What every page of a request shares.
+struct Work {
+    options: Arc<OcrOptions>,
+    /// The outputs of each element.
+    outputs: OutputSet,
+    /// What each page must compute for them.
+    page_outputs: OutputSet,
+    deadline: Option<Instant>,
+}
+
+impl Work {
+    fn task(&self, input: Input, span: tracing::Span) -> Task {
+        Task {
+            input,
+            options: self.options.clone(),
+            outputs: self.page_outputs,
+            deadline: self.deadline,
+            span,
+        }
+    }
+}
+
+/// The outputs a page computes so that its element gets `outputs`: the `pages` summary is
+/// assembled from each page's text and confidence.
+fn page_outputs(outputs: OutputSet) -> OutputSet {
+    match outputs.contains(OutputKind::Pages) {
+        true => outputs
+            .without(OutputKind::Pages)
+            .with(OutputKind::Text)
+            .with(OutputKind::Confidence),
+        false => outputs,
+    }
+}
+
+/// Renders one page on the blocking pool: never on the runtime's threads, never on an engine.
+async fn render(
+    index: usize,
+    document: Arc<Document>,
+    page: PageIndex,
+    dpi: Dpi,
+    more_follow: bool,
+) -> Result<Input, InferError> {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        document.render(page, dpi).map(|page| Input::Page {
+            page,
+            rendered_in: started.elapsed(),
+            more_follow,
+        })
+    })
+    .await
+    .map_err(|_| InferError::Internal("rendering a page panicked".into()))?;
+    rendered.map_err(|source| InferError::Document { index, source })
+}
+
+async fn receive(
+    index: usize,
+    receiver: oneshot::Receiver<Result<OcrResult, TaskError>>,
+) -> Result<OcrResult, InferError> {
+    let reply = receiver.await.map_err(|_| worker_gone())?;
+    reply.map_err(|error| task_error(index, error))
+}
+
+fn assemble(
+    index: usize,
+    pages: Vec<OcrResult>,
+    outputs: OutputSet,
+) -> Result<OcrResult, InferError> {
+    output::assemble(pages, outputs)
+        .map_err(|error| InferError::Internal(format!("input 'image'[{index}]: {error}")))
+}
+
+fn worker_gone() -> InferError {
+    InferError::Internal("an engine worker exited".into())
 }
 
 /// The instant `timeout` after `from`. Timeouts come from clients (`grpc-timeout`,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::ocr::{Languages, OcrOptions, Psm};
+use crate::ocr::{Dpi, Languages, OcrOptions, Psm, Rotate};
 
 use super::InferError;
 
@@ -43,19 +43,27 @@ const UNSUPPORTED_PARAMS: &[&str] = &[
 /// The longest character whitelist accepted.
 const MAX_WHITELIST_CHARS: usize = 1024;
 
+/// The longest `pages` specification accepted: ranges enough for any real selection.
+const MAX_PAGES_SPEC: usize = 1024;
+
+/// The language Tesseract's orientation detection runs with.
+pub const OSD_LANG: &str = "osd";
+
 /// Accumulates parameters into [`OcrOptions`] and a request timeout.
 pub struct OptionsBuilder<'a> {
     languages: &'a Languages,
     options: OcrOptions,
     timeout: Option<Duration>,
+    max_render_dpi: Dpi,
 }
 
 impl<'a> OptionsBuilder<'a> {
-    pub fn new(languages: &'a Languages, defaults: OcrOptions) -> Self {
+    pub fn new(languages: &'a Languages, defaults: OcrOptions, max_render_dpi: Dpi) -> Self {
         OptionsBuilder {
             languages,
             options: defaults,
             timeout: None,
+            max_render_dpi,
         }
     }
 
@@ -103,6 +111,42 @@ impl<'a> OptionsBuilder<'a> {
                         ))
                     })?;
                 self.options.dpi = Some(dpi);
+            }
+            "render_dpi" => {
+                let max = self.max_render_dpi.get();
+                let dpi = as_int(&value)
+                    .and_then(|dpi| u32::try_from(dpi).ok())
+                    .filter(|dpi| (OcrOptions::MIN_DPI..=max).contains(dpi))
+                    .and_then(|dpi| Dpi::new(dpi).ok())
+                    .ok_or_else(|| {
+                        invalid(&format!(
+                            "a render resolution from {} to {max} dpi (the server's \
+                             --max-render-dpi)",
+                            OcrOptions::MIN_DPI
+                        ))
+                    })?;
+                self.options.render_dpi = dpi;
+            }
+            "pages" => {
+                // Parsed against each document's page count, which bounds the work.
+                let spec = as_str(&value)
+                    .map(str::to_owned)
+                    .or_else(|| as_int(&value).map(|page| page.to_string()))
+                    .filter(|spec| !spec.trim().is_empty() && spec.len() <= MAX_PAGES_SPEC)
+                    .ok_or_else(|| invalid("pages such as \"1-3,5\" (1-based)"))?;
+                self.options.pages = Some(spec);
+            }
+            "rotate" => {
+                let rotate = as_str(&value)
+                    .and_then(Rotate::parse)
+                    .ok_or_else(|| invalid("\"off\" or \"auto\""))?;
+                if rotate == Rotate::Auto && !self.languages.contains(OSD_LANG) {
+                    return Err(InferError::InvalidInput(format!(
+                        "{place} '{name}': \"auto\" needs {OSD_LANG}.traineddata, which is not \
+                         installed (Debian: tesseract-ocr-osd)"
+                    )));
+                }
+                self.options.rotate = rotate;
             }
             "char_whitelist" => {
                 let chars = as_str(&value)
@@ -206,7 +250,7 @@ mod tests {
     fn build(params: &[(&str, ParamValue<'_>)]) -> Result<OcrOptions, InferError> {
         let langs = languages();
         let defaults = OcrOptions::new(langs.parse("eng").unwrap());
-        let mut builder = OptionsBuilder::new(&langs, defaults);
+        let mut builder = OptionsBuilder::new(&langs, defaults, Dpi::new(600).unwrap());
         for (name, value) in params {
             builder.apply("request parameter", name, value.clone())?;
         }
@@ -221,8 +265,13 @@ mod tests {
             ("dpi", ParamValue::Double(300.0)),
             ("char_whitelist", ParamValue::Str("0123456789")),
             ("preserve_interword_spaces", ParamValue::Str("true")),
+            ("render_dpi", ParamValue::Int(150)),
+            ("pages", ParamValue::Str("1-3,5")),
+            ("rotate", ParamValue::Str("off")),
         ])
         .unwrap();
+        assert_eq!(options.render_dpi.get(), 150);
+        assert_eq!(options.pages.as_deref(), Some("1-3,5"));
         assert_eq!(options.lang.as_str(), "eng+deu");
         assert_eq!(options.psm.get(), 6);
         assert_eq!(options.dpi, Some(300));
@@ -256,6 +305,17 @@ mod tests {
         assert!(build(&[("preserve_interword_spaces", ParamValue::Str("maybe"))]).is_err());
         assert!(build(&[("char_whitelist", ParamValue::Str("a\0b"))]).is_err());
         assert!(build(&[("lang", ParamValue::Int(3))]).is_err());
+        let err = build(&[("render_dpi", ParamValue::Int(1200))]).unwrap_err();
+        assert!(err.to_string().contains("70 to 600 dpi"), "{err}");
+        let err = build(&[("pages", ParamValue::Str(""))]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("request parameter 'pages': "),
+            "{err}"
+        );
+        // No osd.traineddata in the test's tessdata.
+        let err = build(&[("rotate", ParamValue::Str("auto"))]).unwrap_err();
+        assert!(err.to_string().contains("osd.traineddata"), "{err}");
+        assert!(build(&[("rotate", ParamValue::Str("sideways"))]).is_err());
     }
 
     #[test]

@@ -37,6 +37,7 @@ use tiff::{
 use super::image::{ImageLimits, Pixels};
 
 mod page_tree;
+mod scan;
 
 /// How far into a file `%PDF-` may start. Real files carry a few bytes of junk (a BOM, a mail
 /// header) before it, and readers accept the header within the first kilobyte.
@@ -101,6 +102,10 @@ impl DocumentLimits {
 pub struct Dpi(NonZeroU32);
 
 impl Dpi {
+    /// What PDF pages are rendered at unless a request says otherwise: what OCR engines are
+    /// trained for, and what scanners produce.
+    pub const DEFAULT: Dpi = Dpi(NonZeroU32::new(300).unwrap());
+
     pub fn new(dpi: u32) -> Result<Dpi, DocumentError> {
         match NonZeroU32::new(dpi) {
             Some(dpi) if dpi.get() <= MAX_DPI => Ok(Dpi(dpi)),
@@ -367,15 +372,14 @@ impl Document {
     /// safe.
     pub fn render(&self, index: PageIndex, dpi: Dpi) -> Result<RenderedPage, DocumentError> {
         let (width, height, page_dpi) = self.planned(index, dpi)?;
-        let pixels = match &self.inner {
-            Inner::Pdf(pdf) => guarded("PDF", || render_pdf_page(pdf, index, width, height))?,
-            Inner::Tiff(file) => guarded("TIFF", || decode_tiff_page(file, index, &self.limits))?,
+        let (pixels, dpi) = match &self.inner {
+            Inner::Pdf(pdf) => guarded("PDF", || render_pdf_page(pdf, index, width, height, dpi))?,
+            Inner::Tiff(file) => (
+                guarded("TIFF", || decode_tiff_page(file, index, &self.limits))?,
+                page_dpi,
+            ),
         };
-        Ok(RenderedPage {
-            index,
-            pixels,
-            dpi: page_dpi,
-        })
+        Ok(RenderedPage { index, pixels, dpi })
     }
 
     /// Renders `pages` in order, one when asked for, stopping with [`DocumentError::Cancelled`]
@@ -641,14 +645,16 @@ impl From<BytesData> for hayro::hayro_syntax::PdfData {
     }
 }
 
-/// Renders at exactly `width`x`height` (computed by [`PageInfo::pixels_at`]), scaling each axis
-/// so the page box fills it.
+/// Renders at exactly `width`x`height` (computed by [`PageInfo::pixels_at`] for `dpi`), scaling
+/// each axis so the page box fills it; or, for a page that is one scan at no more than `dpi`,
+/// decodes that scan at its own resolution. The pixels and their resolution.
 fn render_pdf_page(
     pdf: &Pdf,
     index: PageIndex,
     width: u32,
     height: u32,
-) -> Result<Pixels, DocumentError> {
+    dpi: Dpi,
+) -> Result<(Pixels, Option<Dpi>), DocumentError> {
     let page = pdf
         .pages()
         .get(index.get())
@@ -656,6 +662,9 @@ fn render_pdf_page(
             page: index.number(),
             pages: pdf.pages().len(),
         })?;
+    if let Some((scan, native)) = scan::native(page, dpi) {
+        return Ok((scan, Some(native)));
+    }
     // planned() kept both sides within u16.
     let (w16, h16) = (
         u16::try_from(width).unwrap_or(u16::MAX),
@@ -694,7 +703,7 @@ fn render_pdf_page(
         .iter()
         .map(|p| luma(p.r, p.g, p.b))
         .collect::<Vec<u8>>();
-    Ok(Pixels::gray(gray, width, height))
+    Ok((Pixels::gray(gray, width, height), Some(dpi)))
 }
 
 /// ITU-R BT.601 luma, in integers.

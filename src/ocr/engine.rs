@@ -3,14 +3,15 @@
 
 use std::{
     os::raw::{c_int, c_void},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use serde::Serialize;
-use tesseract_rs::{TessPageSegMode, TesseractAPI};
+use tesseract_rs::{TessPageSegMode, TessResultRenderer, TesseractAPI};
 
-use super::{image::Pixels, Lang, OcrOptions, OutputKind, OutputSet};
+use super::{image::Pixels, orientation::Orientation, Lang, OcrOptions, OutputKind, OutputSet};
 
 // The C API's progress monitor, which tesseract-rs does not expose with a cancel callback.
 // Linked through tesseract-rs, which links libtesseract.
@@ -30,12 +31,15 @@ pub enum EngineError {
     Init { lang: String, tessdata: String },
     #[error("Tesseract failed to {0}")]
     Tesseract(&'static str),
+    #[error("the searchable PDF could not be made: {0}")]
+    Pdf(String),
     /// The caller's cancellation check asked to stop (deadline passed or caller gone).
     #[error("recognition cancelled")]
     Cancelled,
 }
 
-/// One recognised word. Coordinates are pixels of the input image; `conf` is in 0..=1.
+/// One recognised word. Coordinates are pixels of its page's image; `conf` is in 0..=1; `page`
+/// is 1-based (always 1 for a single image).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Word {
     pub text: String,
@@ -44,9 +48,12 @@ pub struct Word {
     pub y1: i32,
     pub x2: i32,
     pub y2: i32,
+    pub page: u32,
 }
 
-/// What one recognition produced. Only the requested outputs are `Some`.
+/// What the recognition of one element (an image, or a document's pages) produced. Only the
+/// requested outputs are `Some`. For one page, `hocr`, `tsv` and `alto` hold that page's part
+/// of the document; [`super::output`] assembles the whole.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OcrResult {
     pub text: Option<String>,
@@ -54,11 +61,57 @@ pub struct OcrResult {
     pub words: Option<Vec<Word>>,
     pub hocr: Option<String>,
     pub tsv: Option<String>,
+    pub alto: Option<String>,
+    pub pdf: Option<Bytes>,
+    /// One entry per page read, in order.
+    pub pages: Vec<PageReport>,
+    /// Words the confidence is the mean of: the weight of this result in a document's mean.
+    pub word_count: usize,
     pub timings: Timings,
-    /// Width × height of the decoded image.
+    /// Width × height of the decoded image (summed over pages).
     pub pixels: u64,
     /// Served from the result cache: no engine ran, the timings are zero.
     pub cached: bool,
+}
+
+/// One page as the `pages` output describes it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PageReport {
+    /// 0-based position in the document.
+    pub index: u32,
+    /// 1-based page number, as `pages` selects it and words name it.
+    pub page: u32,
+    pub width: u32,
+    pub height: u32,
+    /// The resolution Tesseract was told, if any.
+    pub dpi: Option<u32>,
+    /// Filled in when the document is assembled, if `text` / `confidence` are wanted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    /// Present when `rotate=auto` asked for detection.
+    pub orientation: Option<Orientation>,
+    pub timings: PageTimings,
+}
+
+/// A page's timings in milliseconds, for JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PageTimings {
+    pub queue_ms: f64,
+    pub render_ms: f64,
+    pub recognize_ms: f64,
+}
+
+impl From<Timings> for PageTimings {
+    fn from(t: Timings) -> PageTimings {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        PageTimings {
+            queue_ms: ms(t.queue),
+            render_ms: ms(t.decode),
+            recognize_ms: ms(t.recognize),
+        }
+    }
 }
 
 /// Where the time of one image went.
@@ -66,15 +119,35 @@ pub struct OcrResult {
 pub struct Timings {
     /// Waiting in the pool's queue for a free engine.
     pub queue: Duration,
-    /// Decoding the file into pixels.
+    /// Decoding the file, or rendering the page, into pixels.
     pub decode: Duration,
-    /// Inside Tesseract: recognition and rendering the outputs.
+    /// Inside Tesseract: orientation, recognition and rendering the outputs.
     pub recognize: Duration,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, other: Timings) {
+        self.queue += other.queue;
+        self.decode += other.decode;
+        self.recognize += other.recognize;
+    }
+}
+
+/// The page an engine is reading, as Tesseract's outputs number it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PagePlace {
+    /// 0-based.
+    pub index: u32,
+    /// The page's real resolution, when known (a rendered PDF page, a TIFF that declares it,
+    /// or the request's `dpi`).
+    pub dpi: Option<u32>,
 }
 
 pub struct Engine {
     api: TesseractAPI,
     lang: Lang,
+    /// Where `pdf.ttf`, the searchable PDF's glyph-less font, is found.
+    tessdata: PathBuf,
 }
 
 impl Engine {
@@ -93,6 +166,7 @@ impl Engine {
         Ok(Engine {
             api,
             lang: lang.clone(),
+            tessdata: tessdata.to_owned(),
         })
     }
 
@@ -105,12 +179,13 @@ impl Engine {
     pub fn recognize(
         &mut self,
         pixels: &Pixels,
+        place: PagePlace,
         options: &OcrOptions,
         outputs: OutputSet,
         cancel: &dyn Fn() -> bool,
     ) -> Result<OcrResult, EngineError> {
         let started = Instant::now();
-        let result = self.run(pixels, options, outputs, cancel);
+        let result = self.run(pixels, place, options, outputs, cancel);
         // Free the page and its results now rather than when the next image arrives.
         let _ = self.api.clear();
         result.map(|mut result| {
@@ -122,11 +197,61 @@ impl Engine {
     fn run(
         &mut self,
         pixels: &Pixels,
+        place: PagePlace,
         options: &OcrOptions,
         outputs: OutputSet,
         cancel: &dyn Fn() -> bool,
     ) -> Result<OcrResult, EngineError> {
         self.configure(options)?;
+        self.set_image(pixels, place.dpi)?;
+        self.recognize_with_cancel(cancel)?;
+
+        let fail = EngineError::Tesseract;
+        // Tesseract numbers pages from 0 in its outputs' ids and page numbers.
+        let page = i32::try_from(place.index).unwrap_or(i32::MAX);
+        let mut result = OcrResult::default();
+        if outputs.contains(OutputKind::Text) {
+            result.text = Some(self.api.get_utf8_text().map_err(|_| fail("get text"))?);
+        }
+        if outputs.contains(OutputKind::Confidence) {
+            // The mean Tesseract's MeanTextConf gives, with the count that weighs it in a
+            // document's mean.
+            let confs = self.api.all_word_confidences().map_err(|_| fail("score"))?;
+            let sum: i64 = confs.iter().map(|&c| i64::from(c.clamp(0, 100))).sum();
+            result.word_count = confs.len();
+            result.confidence = Some(sum as f32 / 100.0 / confs.len().max(1) as f32);
+        }
+        if outputs.contains(OutputKind::Words) {
+            result.words = Some(self.words(place.index.saturating_add(1))?);
+        }
+        if outputs.contains(OutputKind::Hocr) {
+            result.hocr = Some(
+                self.api
+                    .get_hocr_text(page)
+                    .map_err(|_| fail("render hOCR"))?,
+            );
+        }
+        if outputs.contains(OutputKind::Tsv) {
+            result.tsv = Some(
+                self.api
+                    .get_tsv_text(page)
+                    .map_err(|_| fail("render TSV"))?,
+            );
+        }
+        if outputs.contains(OutputKind::Alto) {
+            result.alto = Some(
+                self.api
+                    .get_alto_text(page)
+                    .map_err(|_| fail("render ALTO"))?,
+            );
+        }
+        if outputs.contains(OutputKind::Pdf) {
+            result.pdf = Some(self.searchable_pdf()?);
+        }
+        Ok(result)
+    }
+
+    fn set_image(&mut self, pixels: &Pixels, dpi: Option<u32>) -> Result<(), EngineError> {
         // Tesseract takes dimensions and the row stride as C ints.
         let too_large = || EngineError::Tesseract("take an image this large");
         let channels = i32::from(pixels.channels());
@@ -137,32 +262,61 @@ impl Engine {
         self.api
             .set_image(pixels.data(), width, height, channels, stride)
             .map_err(|_| EngineError::Tesseract("set the image"))?;
-        if let Some(dpi) = options.dpi {
+        if let Some(dpi) = dpi {
             self.api
-                .set_source_resolution(dpi as i32)
+                .set_source_resolution(i32::try_from(dpi).unwrap_or(i32::MAX))
                 .map_err(|_| EngineError::Tesseract("set the resolution"))?;
         }
-        self.recognize_with_cancel(cancel)?;
+        Ok(())
+    }
 
-        let fail = EngineError::Tesseract;
-        let mut result = OcrResult::default();
-        if outputs.contains(OutputKind::Text) {
-            result.text = Some(self.api.get_utf8_text().map_err(|_| fail("get text"))?);
+    /// Tesseract's orientation detection on `pixels`. Only an engine initialised with `osd`
+    /// alone answers it truthfully (one with `eng` or `eng+osd` returns a constant 270°).
+    /// `None` when the page has too little text to decide.
+    pub fn detect_orientation(
+        &mut self,
+        pixels: &Pixels,
+        dpi: Option<u32>,
+    ) -> Result<Option<(u16, f32)>, EngineError> {
+        self.set_image(pixels, dpi)?;
+        let detected = self.api.detect_os();
+        let _ = self.api.clear();
+        Ok(detected.ok().and_then(|(degrees, confidence, _, _)| {
+            let degrees = u16::try_from(degrees.rem_euclid(360)).ok()?;
+            Some((degrees, confidence))
+        }))
+    }
+
+    /// The recognised page as a one-page searchable PDF, by Tesseract's own renderer. It
+    /// writes only to files, so it gets a private directory that is removed on return.
+    fn searchable_pdf(&self) -> Result<Bytes, EngineError> {
+        let fail = |what: &str| EngineError::Pdf(what.to_owned());
+        let dir = tempfile::Builder::new()
+            .prefix("tesserve-pdf-")
+            .tempdir()
+            .map_err(|e| fail(&format!("no temporary directory: {e}")))?;
+        let base = dir.path().join("page");
+        let (Some(base_str), Some(datadir)) = (base.to_str(), self.tessdata.to_str()) else {
+            return Err(fail("a path is not UTF-8"));
+        };
+        if !self.tessdata.join("pdf.ttf").is_file() {
+            return Err(fail(&format!(
+                "pdf.ttf is missing from {} (Debian ships it in libtesseract5)",
+                self.tessdata.display()
+            )));
         }
-        if outputs.contains(OutputKind::Confidence) {
-            let mean = self.api.mean_text_conf().map_err(|_| fail("score"))?;
-            result.confidence = Some(mean.clamp(0, 100) as f32 / 100.0);
+        let renderer = TessResultRenderer::new_pdf_renderer(base_str, datadir, false)
+            .map_err(|_| fail("the renderer did not start"))?;
+        let rendered = renderer.begin_document("tesserve").unwrap_or(false)
+            && renderer.add_image(&self.api).unwrap_or(false)
+            && renderer.end_document().unwrap_or(false);
+        drop(renderer);
+        if !rendered {
+            return Err(fail("Tesseract's renderer failed"));
         }
-        if outputs.contains(OutputKind::Words) {
-            result.words = Some(self.words()?);
-        }
-        if outputs.contains(OutputKind::Hocr) {
-            result.hocr = Some(self.api.get_hocr_text(0).map_err(|_| fail("render hOCR"))?);
-        }
-        if outputs.contains(OutputKind::Tsv) {
-            result.tsv = Some(self.api.get_tsv_text(0).map_err(|_| fail("render TSV"))?);
-        }
-        Ok(result)
+        std::fs::read(base.with_extension("pdf"))
+            .map(Bytes::from)
+            .map_err(|e| fail(&format!("reading the rendered file: {e}")))
     }
 
     /// Sets every request-controllable variable on every call, so no setting of an earlier
@@ -224,7 +378,7 @@ impl Engine {
         }
     }
 
-    fn words(&self) -> Result<Vec<Word>, EngineError> {
+    fn words(&self, page: u32) -> Result<Vec<Word>, EngineError> {
         let mut words = Vec::new();
         // No iterator means no text on the page.
         let Ok(iter) = self.api.get_iterator() else {
@@ -240,6 +394,7 @@ impl Engine {
                     y1,
                     x2,
                     y2,
+                    page,
                 });
             }
             if !iter.next_word().unwrap_or(false) {

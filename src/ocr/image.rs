@@ -190,15 +190,23 @@ pub struct Pixels {
 }
 
 impl Pixels {
-    /// 8-bit gray rows, one byte a pixel: what documents render to. The caller guarantees the
-    /// length matches, so this is not public.
+    /// 8-bit gray rows, one byte a pixel: what documents render to.
     pub(super) fn gray(data: Vec<u8>, width: u32, height: u32) -> Pixels {
-        debug_assert_eq!(data.len(), width as usize * height as usize);
+        Pixels::new(data, width, height, 1)
+    }
+
+    /// Rows of `channels`-byte pixels. The caller guarantees the length matches, so this is not
+    /// public.
+    pub(super) fn new(data: Vec<u8>, width: u32, height: u32, channels: u8) -> Pixels {
+        debug_assert_eq!(
+            data.len(),
+            width as usize * height as usize * usize::from(channels)
+        );
         Pixels {
             data: Bytes::from(data),
             width,
             height,
-            channels: 1,
+            channels,
         }
     }
 

@@ -8,6 +8,8 @@ pub mod document;
 mod engine;
 pub mod image;
 mod options;
+mod orientation;
+pub mod output;
 mod pool;
 mod split;
 
@@ -15,7 +17,12 @@ pub use self::document::{
     parse_pages, sniff, Document, DocumentError, DocumentLimits, Dpi, Kind, PageIndex, PageInfo,
     PageSize, PagesError, RenderedPage,
 };
-pub use self::engine::{EngineError, OcrResult, Timings, Word};
+pub use self::engine::{EngineError, OcrResult, PageReport, PageTimings, Timings, Word};
 pub use self::image::{ImageError, ImageInput, ImageLimits, RawPixels};
-pub use self::options::{Lang, LangError, Languages, OcrOptions, OutputKind, OutputSet, Psm};
-pub use self::pool::{Dropped, EnginePool, PoolConfig, PoolError, QueueFull, Task, TaskError};
+pub use self::options::{
+    Lang, LangError, Languages, OcrOptions, OutputKind, OutputSet, Psm, Rotate,
+};
+pub use self::orientation::Orientation;
+pub use self::pool::{
+    Dropped, EnginePool, Input, PoolConfig, PoolError, QueueFull, Task, TaskError,
+};

@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeSet, fmt, path::Path};
 
+use super::document::Dpi;
+
 /// A Tesseract page segmentation mode, 0 to 13 (`tesseract --help-psm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Psm(u8);
@@ -106,6 +108,13 @@ pub struct OcrOptions {
     /// Restricts recognition to these characters; empty means no restriction.
     pub char_whitelist: String,
     pub preserve_interword_spaces: bool,
+    /// Whether each page is turned upright before recognition.
+    pub rotate: Rotate,
+    /// The resolution PDF pages are rendered at; TIFF pages keep their own pixels.
+    pub render_dpi: Dpi,
+    /// Which pages of a document to read, as the caller wrote them (`"1-3,5"`); all when
+    /// absent. Checked against each document's page count.
+    pub pages: Option<String>,
 }
 
 impl OcrOptions {
@@ -120,6 +129,30 @@ impl OcrOptions {
             dpi: None,
             char_whitelist: String::new(),
             preserve_interword_spaces: false,
+            rotate: Rotate::Off,
+            render_dpi: Dpi::DEFAULT,
+            pages: None,
+        }
+    }
+}
+
+/// Orientation handling, the `rotate` parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Rotate {
+    /// Pages are read as they are stored (after a PDF's `/Rotate`).
+    #[default]
+    Off,
+    /// Tesseract's orientation detection (`osd.traineddata`) decides each page's orientation,
+    /// and a page is turned when the detection is confident enough.
+    Auto,
+}
+
+impl Rotate {
+    pub fn parse(value: &str) -> Option<Rotate> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" | "false" => Some(Rotate::Off),
+            "auto" | "true" => Some(Rotate::Auto),
+            _ => None,
         }
     }
 }
@@ -137,10 +170,30 @@ pub enum OutputKind {
     Hocr,
     /// Tesseract's TSV: one row per page, block, paragraph, line and word.
     Tsv,
+    /// An ALTO XML document (version 3), one `Page` per page.
+    Alto,
+    /// A searchable PDF: each page's image with an invisible text layer. Binary.
+    Pdf,
+    /// A JSON array with one entry per page: size, resolution, text, confidence, orientation
+    /// and timings.
+    Pages,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 5] = [
+    pub const ALL: [OutputKind; 8] = [
+        OutputKind::Text,
+        OutputKind::Confidence,
+        OutputKind::Words,
+        OutputKind::Hocr,
+        OutputKind::Tsv,
+        OutputKind::Alto,
+        OutputKind::Pdf,
+        OutputKind::Pages,
+    ];
+
+    /// What a request that names no outputs gets: everything but the outputs that cost extra
+    /// work (ALTO, the PDF) or only matter for documents (pages).
+    pub const DEFAULT: [OutputKind; 5] = [
         OutputKind::Text,
         OutputKind::Confidence,
         OutputKind::Words,
@@ -155,15 +208,23 @@ impl OutputKind {
             OutputKind::Words => "words",
             OutputKind::Hocr => "hocr",
             OutputKind::Tsv => "tsv",
+            OutputKind::Alto => "alto",
+            OutputKind::Pdf => "pdf",
+            OutputKind::Pages => "pages",
         }
+    }
+
+    /// Binary outputs travel as `{"b64": ...}` in JSON, never through a lossy UTF-8 string.
+    pub fn is_binary(self) -> bool {
+        self == OutputKind::Pdf
     }
 
     pub fn from_name(name: &str) -> Option<OutputKind> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    fn bit(self) -> u8 {
-        1 << self as u8
+    fn bit(self) -> u16 {
+        1 << self as u16
     }
 }
 
@@ -175,7 +236,10 @@ impl fmt::Display for OutputKind {
 
 /// Which outputs a recognition must compute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct OutputSet(u8);
+pub struct OutputSet(u16);
+
+// One bit per kind.
+const _: () = assert!(OutputKind::ALL.len() <= u16::BITS as usize);
 
 impl OutputSet {
     pub fn all() -> OutputSet {
@@ -184,6 +248,14 @@ impl OutputSet {
 
     pub fn contains(self, kind: OutputKind) -> bool {
         self.0 & kind.bit() != 0
+    }
+
+    pub fn with(self, kind: OutputKind) -> OutputSet {
+        OutputSet(self.0 | kind.bit())
+    }
+
+    pub fn without(self, kind: OutputKind) -> OutputSet {
+        OutputSet(self.0 & !kind.bit())
     }
 }
 

@@ -16,17 +16,19 @@ use std::{
         Arc, Mutex, PoisonError,
     },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{select, Receiver, Sender};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    engine::{Engine, EngineError, OcrResult},
+    document::{DocumentLimits, Dpi, RenderedPage},
+    engine::{Engine, EngineError, OcrResult, PagePlace, PageReport},
     image::{ImageError, ImageInput, ImageLimits, Pixels},
+    orientation::{self, Orientation},
     split::{self, Split},
-    Lang, Languages, OcrOptions, OutputSet,
+    Lang, Languages, OcrOptions, OutputSet, Rotate,
 };
 
 #[derive(Clone, Debug)]
@@ -43,15 +45,23 @@ pub struct PoolConfig {
     /// Preloaded on every worker; the pool is ready when all have it.
     pub default_lang: Lang,
     pub limits: ImageLimits,
+    /// What a document must meet before any page is rendered.
+    pub documents: DocumentLimits,
+    /// The highest `render_dpi` a request may ask for.
+    pub max_render_dpi: Dpi,
     /// Recognise big pages in strips on idle engines at once.
     pub split_pages: bool,
+    /// The orientation detector's language (`osd`), when installed: `rotate=auto` needs it.
+    pub osd: Option<Lang>,
+    /// The orientation confidence at which `rotate=auto` turns a page.
+    pub rotate_threshold: f32,
 }
 
-/// One image to recognise: the unit the queue holds and an engine takes, one element of a
-/// request's batch. (Not a "job": that word names work a client submits and collects later.)
+/// One picture to recognise: the unit the queue holds and an engine takes. (Not a "job": that
+/// word names work a client submits and collects later.)
 #[derive(Debug)]
 pub struct Task {
-    pub image: ImageInput,
+    pub input: Input,
     pub options: Arc<OcrOptions>,
     pub outputs: OutputSet,
     /// Past this instant the task is dropped if still queued, and cancelled inside Tesseract if
@@ -59,6 +69,24 @@ pub struct Task {
     pub deadline: Option<Instant>,
     /// The trace span of this image; queue wait, decoding and recognition are its children.
     pub span: tracing::Span,
+}
+
+/// What a task brings to its engine.
+#[derive(Debug)]
+pub enum Input {
+    /// A single image, still encoded: the engine's worker decodes it (it is fast next to
+    /// recognition, and the queue then holds compressed files, not pixels).
+    Image(ImageInput),
+    /// A document page rendered ahead of time, off the engines: they only ever wait for
+    /// pixels that are ready.
+    Page {
+        page: RenderedPage,
+        rendered_in: Duration,
+        /// More pages of the same document come after this one. Such a page is never split:
+        /// the document's next pages keep the idle engines busy, and splitting would only add
+        /// work. The last page may be, so a one-page scan is as fast as an image.
+        more_follow: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +140,8 @@ pub struct EnginePool {
     languages: Languages,
     default_lang: Lang,
     limits: ImageLimits,
+    documents: DocumentLimits,
+    max_render_dpi: Dpi,
 }
 
 /// Shared between the pool handle and its workers.
@@ -177,6 +207,7 @@ impl EnginePool {
                 counters: counters.clone(),
                 state: state_tx.clone(),
                 engines: Vec::new(),
+                osd: None,
             };
             thread::Builder::new()
                 .name(format!("tesserve-engine-{index}"))
@@ -192,6 +223,8 @@ impl EnginePool {
             languages: config.languages,
             default_lang: config.default_lang,
             limits: config.limits,
+            documents: config.documents,
+            max_render_dpi: config.max_render_dpi,
         })
     }
 
@@ -249,6 +282,25 @@ impl EnginePool {
         Ok(receivers)
     }
 
+    /// Queues one more page of a document whose request was admitted by [`EnginePool::submit`]:
+    /// it is counted as queued but never refused, so a document is not cut off half way. A
+    /// document holds at most a few pages in the pool at once, so this stays bounded.
+    pub fn submit_more(&self, task: Task) -> oneshot::Receiver<Reply> {
+        self.counters.queued.fetch_add(1, Ordering::AcqRel);
+        self.counters.pushed.fetch_add(1, Ordering::Relaxed);
+        let (reply, receiver) = oneshot::channel();
+        let envelope = Envelope {
+            queue_span: tracing::info_span!(parent: &task.span, "queue_wait"),
+            task,
+            enqueued: Instant::now(),
+            reply,
+        };
+        if self.queue.send(envelope).is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        receiver
+    }
+
     pub fn languages(&self) -> &Languages {
         &self.languages
     }
@@ -259,6 +311,14 @@ impl EnginePool {
 
     pub fn limits(&self) -> &ImageLimits {
         &self.limits
+    }
+
+    pub fn document_limits(&self) -> &DocumentLimits {
+        &self.documents
+    }
+
+    pub fn max_render_dpi(&self) -> Dpi {
+        self.max_render_dpi
     }
 
     pub fn workers(&self) -> usize {
@@ -316,6 +376,9 @@ struct Worker {
     state: Arc<watch::Sender<State>>,
     /// Most recently used first.
     engines: Vec<Engine>,
+    /// The orientation detector, loaded on first use and kept apart from `engines`, so that
+    /// `rotate=auto` never evicts a recognition engine.
+    osd: Option<Engine>,
 }
 
 impl Worker {
@@ -371,10 +434,17 @@ impl Worker {
     fn take_strips(&mut self, split: &Split, stop: &dyn Fn() -> bool) {
         while let Some((index, strip)) = split.take() {
             let cancel = || split.cancelled() || stop();
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let engine = self.engine(&split.options.lang)?;
-                Ok(engine.recognize(&strip, &split.options, split.outputs, &cancel)?)
-            }));
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| {
+                    let engine = self.engine(&split.options.lang)?;
+                    Ok(engine.recognize(
+                        &strip,
+                        split.place,
+                        &split.options,
+                        split.outputs,
+                        &cancel,
+                    )?)
+                }));
             let result = outcome.unwrap_or_else(|_| {
                 self.reset_engines();
                 Err(TaskError::Panicked)
@@ -407,7 +477,7 @@ impl Worker {
 
     /// Drops every engine: after a panic they may be mid-page in an unknown state.
     fn reset_engines(&mut self) {
-        for engine in self.engines.drain(..) {
+        for engine in self.engines.drain(..).chain(self.osd.take()) {
             self.counters.engines_changed(engine.lang(), -1);
         }
     }
@@ -447,6 +517,9 @@ impl Worker {
             }
             Ok(result) => result.map(|mut result| {
                 result.timings.queue = queue_time;
+                for report in &mut result.pages {
+                    report.timings = result.timings.into();
+                }
                 result
             }),
             Err(_) => {
@@ -461,9 +534,35 @@ impl Worker {
     fn recognize(&mut self, task: Task, cancel: &dyn Fn() -> bool) -> Result<OcrResult, TaskError> {
         let started = Instant::now();
         let limits = self.config.limits;
-        let pixels = tracing::info_span!(parent: &task.span, "decode")
-            .in_scope(|| task.image.decode(&limits))?;
-        let decode_time = started.elapsed();
+        let splittable = !matches!(
+            task.input,
+            Input::Page {
+                more_follow: true,
+                ..
+            }
+        );
+        let (mut pixels, place, decode_time) = match task.input {
+            Input::Image(image) => {
+                let pixels = tracing::info_span!(parent: &task.span, "decode")
+                    .in_scope(|| image.decode(&limits))?;
+                let place = PagePlace {
+                    index: 0,
+                    dpi: task.options.dpi,
+                };
+                (pixels, place, started.elapsed())
+            }
+            Input::Page {
+                page, rendered_in, ..
+            } => {
+                // A page's own resolution (the render dpi, a TIFF's tags) is the fact; `dpi`
+                // stands in where a page does not say.
+                let place = PagePlace {
+                    index: u32::try_from(page.index.get()).unwrap_or(u32::MAX),
+                    dpi: page.dpi.map(|dpi| dpi.get()).or(task.options.dpi),
+                };
+                (page.pixels, place, rendered_in)
+            }
+        };
         let span = tracing::info_span!(
             parent: &task.span,
             "recognize",
@@ -472,13 +571,29 @@ impl Worker {
             height = i64::from(pixels.height()),
         );
         let _entered = span.enter();
-        let mut result = match self.plan_split(&task.options, task.outputs, &pixels) {
+        let recognising = Instant::now();
+        let orientation = match task.options.rotate {
+            Rotate::Off => None,
+            Rotate::Auto => {
+                let orientation = self.orientation(&pixels, place.dpi)?;
+                if orientation.applied {
+                    if let Some(turned) = orientation::rotate(&pixels, orientation.angle) {
+                        pixels = turned;
+                    }
+                }
+                Some(orientation)
+            }
+        };
+        let strips = splittable
+            .then(|| self.plan_split(&task.options, task.outputs, &pixels))
+            .flatten();
+        let mut result = match strips {
             Some(strips) => {
-                let recognising = Instant::now();
                 let split = Arc::new(Split::new(
                     strips,
                     task.options.clone(),
                     task.outputs,
+                    place,
                     task.deadline,
                 ));
                 for _ in 1..split.len() {
@@ -486,18 +601,44 @@ impl Worker {
                 }
                 self.counters.split.fetch_add(1, Ordering::Relaxed);
                 self.take_strips(&split, cancel);
-                let mut joined = split.join(cancel)?;
-                joined.timings.recognize = recognising.elapsed();
-                joined
+                split.join(cancel)?
             }
             None => {
                 let engine = self.engine(&task.options.lang)?;
-                engine.recognize(&pixels, &task.options, task.outputs, cancel)?
+                engine.recognize(&pixels, place, &task.options, task.outputs, cancel)?
             }
         };
+        result.timings.recognize = recognising.elapsed();
         result.timings.decode = decode_time;
         result.pixels = u64::from(pixels.width()) * u64::from(pixels.height());
+        result.pages = vec![PageReport {
+            index: place.index,
+            page: place.index.saturating_add(1),
+            width: pixels.width(),
+            height: pixels.height(),
+            dpi: place.dpi,
+            orientation,
+            ..PageReport::default()
+        }];
         Ok(result)
+    }
+
+    /// Detects which way up `pixels` is, on the worker's own orientation engine.
+    fn orientation(&mut self, pixels: &Pixels, dpi: Option<u32>) -> Result<Orientation, TaskError> {
+        let threshold = self.config.rotate_threshold;
+        let Some(lang) = &self.config.osd else {
+            return Ok(Orientation::from_detected(None, threshold));
+        };
+        if self.osd.is_none() {
+            let engine = Engine::new(&self.config.tessdata, lang)?;
+            self.counters.engines_changed(engine.lang(), 1);
+            self.osd = Some(engine);
+        }
+        let detected = match &mut self.osd {
+            Some(engine) => engine.detect_orientation(pixels, dpi)?,
+            None => None,
+        };
+        Ok(Orientation::from_detected(detected, threshold))
     }
 
     /// The engine for `lang`, created on first use and kept, most recently used first.

@@ -25,7 +25,7 @@ use std::{
 };
 
 use super::{
-    engine::OcrResult,
+    engine::{OcrResult, PagePlace},
     image::Pixels,
     options::{OcrOptions, OutputKind, OutputSet},
     pool::TaskError,
@@ -183,6 +183,8 @@ fn has_gutter(lines: &[Line], gutter: usize) -> bool {
 pub struct Split {
     pub options: std::sync::Arc<OcrOptions>,
     pub outputs: OutputSet,
+    /// The page the strips are cut from.
+    pub place: PagePlace,
     strips: Vec<Mutex<Option<Pixels>>>,
     next: AtomicUsize,
     results: Mutex<Vec<Option<Result<OcrResult, TaskError>>>>,
@@ -197,12 +199,14 @@ impl Split {
         strips: Vec<Pixels>,
         options: std::sync::Arc<OcrOptions>,
         outputs: OutputSet,
+        place: PagePlace,
         deadline: Option<Instant>,
     ) -> Split {
         let count = strips.len();
         Split {
             options,
             outputs,
+            place,
             strips: strips.into_iter().map(|s| Mutex::new(Some(s))).collect(),
             next: AtomicUsize::new(0),
             results: Mutex::new((0..count).map(|_| None).collect()),
@@ -253,19 +257,18 @@ impl Split {
                 .0;
         }
         let mut joined = OcrResult::default();
-        let (mut weighted, mut weight) = (0.0f32, 0usize);
+        let mut weighted = 0.0f32;
         for result in results.iter_mut().filter_map(Option::take) {
             let result = result?;
-            let text = result.text.unwrap_or_default();
             if let Some(confidence) = result.confidence {
-                let chars = text.chars().filter(|c| !c.is_whitespace()).count().max(1);
-                weighted += confidence * chars as f32;
-                weight += chars;
+                weighted += confidence * result.word_count as f32;
+                joined.word_count += result.word_count;
             }
+            let text = result.text.unwrap_or_default();
             joined.text.get_or_insert_with(String::new).push_str(&text);
         }
         if self.outputs.contains(OutputKind::Confidence) {
-            joined.confidence = Some(weighted / weight.max(1) as f32);
+            joined.confidence = Some(weighted / joined.word_count.max(1) as f32);
         }
         if !self.outputs.contains(OutputKind::Text) {
             joined.text = None;

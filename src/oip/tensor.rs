@@ -5,7 +5,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use crate::{
     model::{InferError, INPUT_NAME},
-    ocr::{ImageInput, OcrResult, OutputKind, RawPixels},
+    ocr::{output, ImageInput, OcrResult, OutputKind, RawPixels},
 };
 
 /// Splits raw BYTES contents: each element is a little-endian u32 length and that many bytes.
@@ -115,22 +115,25 @@ pub enum OutputTensor {
 impl OutputTensor {
     /// Moves `kind`'s values out of the results (each is read once per response).
     pub fn take(kind: OutputKind, results: &mut [OcrResult]) -> OutputTensor {
-        let mut strings = |pick: fn(&mut OcrResult) -> Option<String>| {
+        let mut bytes = |pick: fn(&mut OcrResult) -> Option<Bytes>| {
             OutputTensor::Bytes(
                 results
                     .iter_mut()
-                    .map(|r| Bytes::from(pick(r).unwrap_or_default()))
+                    .map(|r| pick(r).unwrap_or_default())
                     .collect(),
             )
         };
         match kind {
-            OutputKind::Text => strings(|r| r.text.take()),
-            OutputKind::Hocr => strings(|r| r.hocr.take()),
-            OutputKind::Tsv => strings(|r| r.tsv.take()),
-            OutputKind::Words => strings(|r| {
+            OutputKind::Text => bytes(|r| r.text.take().map(Bytes::from)),
+            OutputKind::Hocr => bytes(|r| r.hocr.take().map(Bytes::from)),
+            OutputKind::Tsv => bytes(|r| r.tsv.take().map(Bytes::from)),
+            OutputKind::Alto => bytes(|r| r.alto.take().map(Bytes::from)),
+            OutputKind::Pdf => bytes(|r| r.pdf.take()),
+            OutputKind::Words => bytes(|r| {
                 let words = r.words.take().unwrap_or_default();
-                serde_json::to_string(&words).ok()
+                serde_json::to_string(&words).ok().map(Bytes::from)
             }),
+            OutputKind::Pages => bytes(|r| Some(Bytes::from(output::pages_json(&r.pages)))),
             OutputKind::Confidence => OutputTensor::Fp32(
                 results
                     .iter()

@@ -16,6 +16,7 @@ pub const REQUEST_DURATION: &str = "tesserve_request_duration_seconds";
 pub const IN_FLIGHT: &str = "tesserve_requests_in_flight";
 pub const REJECTED: &str = "tesserve_rejected_requests_total";
 pub const IMAGES: &str = "tesserve_images_total";
+pub const DOCUMENT_PAGES: &str = "tesserve_document_pages_total";
 pub const IMAGE_BYTES: &str = "tesserve_image_size_bytes";
 pub const IMAGE_PIXELS: &str = "tesserve_image_pixels";
 pub const QUEUE_WAIT: &str = "tesserve_queue_wait_seconds";
@@ -101,6 +102,10 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "Requests being served now.");
     describe_counter!(REJECTED, "Inference requests refused or failed, by reason.");
     describe_counter!(IMAGES, "Images recognised.");
+    describe_counter!(
+        DOCUMENT_PAGES,
+        "Pages of PDF and TIFF documents selected for recognition."
+    );
     describe_histogram!(IMAGE_BYTES, Unit::Bytes, "Size of each image as received.");
     describe_histogram!(
         IMAGE_PIXELS,

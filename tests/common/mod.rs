@@ -2,6 +2,7 @@
 //! images rendered from known text.
 #![allow(dead_code)]
 
+pub mod documents;
 pub mod served;
 
 use clap::Parser;

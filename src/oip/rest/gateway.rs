@@ -27,13 +27,13 @@ use super::{
 use crate::{
     failure::{Failure, Reason},
     model::{self, InferRequest},
-    ocr::{ImageInput, OcrResult, OutputKind},
+    ocr::{document, ImageInput, OcrResult, OutputKind, PageReport},
 };
 
 /// How long fetching an image URL may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `lang` and `psm`, from the query string or form fields.
+/// Parameters from the query string, or as form fields beside the files.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct GatewayQuery {
@@ -41,18 +41,32 @@ pub struct GatewayQuery {
     lang: Option<String>,
     /// Page segmentation mode, 0 to 13.
     psm: Option<String>,
+    /// Pages of a PDF or TIFF to read, e.g. `1-3,5`; all by default.
+    pages: Option<String>,
+    /// Resolution PDF pages are rendered at (default 300).
+    render_dpi: Option<String>,
+    /// `off` (default) or `auto`: turn each page upright first.
+    rotate: Option<String>,
 }
+
+/// The parameters the upload endpoints take, as query or form fields.
+const UPLOAD_PARAMS: [&str; 5] = ["lang", "psm", "pages", "render_dpi", "rotate"];
 
 /// One recognised file.
 #[derive(Serialize, ToSchema)]
 pub struct GatewayResult {
     request_id: String,
+    /// The text; a document's pages are separated by form feeds (`\f`).
     text: String,
     /// Mean word confidence, 0 to 1.
     confidence: f32,
     /// Time the server spent on the request, in milliseconds.
     latency_ms: f64,
     boxes: Vec<WordBox>,
+    /// For a PDF or TIFF: one entry per page read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pages: Option<Vec<PageReport>>,
 }
 
 /// A recognised word and its bounding box in image pixels.
@@ -65,6 +79,8 @@ pub struct WordBox {
     text: String,
     /// Word confidence, 0 to 1.
     conf: f32,
+    /// The page the word is on, from 1.
+    page: u32,
 }
 
 /// The text, confidence and boxes of one image, as the gateway and KServe v1 return them.
@@ -73,10 +89,14 @@ pub struct Prediction {
     pub text: String,
     pub confidence: f32,
     pub boxes: Vec<WordBox>,
+    /// For a PDF or TIFF: one entry per page read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub pages: Option<Vec<PageReport>>,
 }
 
-impl From<OcrResult> for Prediction {
-    fn from(result: OcrResult) -> Prediction {
+impl Prediction {
+    fn new(result: OcrResult, document: bool) -> Prediction {
         let boxes = result
             .words
             .unwrap_or_default()
@@ -88,12 +108,14 @@ impl From<OcrResult> for Prediction {
                 y2: w.y2,
                 text: w.text,
                 conf: w.conf,
+                page: w.page,
             })
             .collect();
         Prediction {
             text: result.text.unwrap_or_default(),
             confidence: result.confidence.unwrap_or_default(),
             boxes,
+            pages: document.then_some(result.pages),
         }
     }
 }
@@ -114,20 +136,34 @@ pub(super) async fn recognize(
         .timeout()
         .and_then(|timeout| model::deadline_after(Instant::now(), timeout));
     let deadline = model::earliest(asked, request_deadline(headers)?);
+    let documents: Vec<bool> = images
+        .iter()
+        .map(|image| match image {
+            ImageInput::Encoded(file) => document::sniff(file) != document::Kind::Image,
+            ImageInput::Raw(_) => false,
+        })
+        .collect();
+    let mut outputs = vec![OutputKind::Text, OutputKind::Confidence, OutputKind::Words];
+    if documents.contains(&true) {
+        outputs.push(OutputKind::Pages);
+    }
     let request = InferRequest {
         id: String::new(),
         images,
         options: options.build(),
-        outputs: vec![OutputKind::Text, OutputKind::Confidence, OutputKind::Words],
+        outputs,
         deadline,
     };
     let response = state.model.infer(request).await?;
-    Ok(response.results.into_iter().map(Prediction::from).collect())
+    let results = response.results.into_iter().zip(documents);
+    Ok(results
+        .map(|(result, document)| Prediction::new(result, document))
+        .collect())
 }
 
 #[utoipa::path(post, path = "/predict", tag = "gateway", params(GatewayQuery),
     request_body(content_type = "multipart/form-data",
-        description = "One or more files in the field `file`; optional fields `lang` and `psm`"),
+        description = "One or more files in the field `file`; optional fields `lang`, `psm`, `pages`, `render_dpi`, `rotate`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
         (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
@@ -144,7 +180,7 @@ pub async fn predict(
 
 #[utoipa::path(post, path = "/gateway/ocr", tag = "gateway", params(GatewayQuery),
     request_body(content_type = "multipart/form-data",
-        description = "One or more files in the field `image_file`; optional fields `lang` and `psm`"),
+        description = "One or more files in the field `image_file`; optional fields `lang`, `psm`, `pages`, `render_dpi`, `rotate`"),
     responses(
         (status = 200, description = "One result, or a list when several files were sent", body = GatewayResult),
         (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
@@ -182,8 +218,16 @@ async fn upload(
     let max_bytes = state.model.pool().limits().max_bytes;
     let max_files = state.config.max_upload_files;
 
-    let mut params: Vec<(String, Value)> = [("lang", query.lang), ("psm", query.psm)]
+    let GatewayQuery {
+        lang,
+        psm,
+        pages,
+        render_dpi,
+        rotate,
+    } = query;
+    let mut params: Vec<(String, Value)> = UPLOAD_PARAMS
         .into_iter()
+        .zip([lang, psm, pages, render_dpi, rotate])
         .filter_map(|(name, value)| Some((name.to_owned(), Value::String(value?))))
         .collect();
     let mut images = Vec::new();
@@ -209,7 +253,7 @@ async fn upload(
                 file.extend_from_slice(&chunk);
             }
             images.push(ImageInput::Encoded(file.into()));
-        } else if name == "lang" || name == "psm" {
+        } else if UPLOAD_PARAMS.contains(&name.as_str()) {
             let value = field.text().await.map_err(multipart_error)?;
             params.push((name, Value::String(value)));
         } else {
@@ -245,6 +289,7 @@ fn gateway_results(
             confidence: p.confidence,
             latency_ms,
             boxes: p.boxes,
+            pages: p.pages,
         })
         .collect()
 }
@@ -268,6 +313,15 @@ pub struct ReadOcrRequest {
     /// `-c tessedit_char_whitelist=...` and `-c preserve_interword_spaces=0|1` are accepted.
     #[serde(default)]
     config: String,
+    /// Pages of a PDF or TIFF to read, e.g. `1-3,5`; all by default.
+    #[serde(default)]
+    pages: Option<String>,
+    /// Resolution PDF pages are rendered at (default 300).
+    #[serde(default)]
+    render_dpi: Option<u32>,
+    /// `off` (default) or `auto`.
+    #[serde(default)]
+    rotate: Option<String>,
 }
 
 #[utoipa::path(post, path = "/read_ocr", tag = "gateway", request_body = ReadOcrRequest,
@@ -287,8 +341,14 @@ pub async fn read_ocr(
         data => decode_base64(data)?,
     };
     let mut params = config_params(&request.config)?;
-    if let Some(lang) = request.lang {
-        params.push(("lang".into(), Value::String(lang)));
+    let fields = [
+        ("lang", request.lang.map(Value::String)),
+        ("pages", request.pages.map(Value::String)),
+        ("render_dpi", request.render_dpi.map(Value::from)),
+        ("rotate", request.rotate.map(Value::String)),
+    ];
+    for (name, value) in fields {
+        params.extend(value.map(|value| (name.to_owned(), value)));
     }
     let predictions =
         recognize(&state, &headers, vec![ImageInput::Encoded(image)], &params).await?;

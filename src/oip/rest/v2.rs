@@ -24,6 +24,7 @@ use super::{json_param, parse_json, request_deadline, request_id, RawBody, Share
 use crate::{
     failure::{Failure, Reason},
     model::ParamValue,
+    ocr::OutputKind,
     oip::{
         codec,
         pb::{self, infer_parameter::ParameterChoice},
@@ -405,7 +406,7 @@ fn respond(response: pb::ModelInferResponse, binary: &BinaryOutputs) -> Response
                     None,
                 )
             } else {
-                (None, Some(json_data(&output.datatype, &raw)))
+                (None, Some(json_data(&output.name, &output.datatype, &raw)))
             };
             OutputTensor {
                 name: output.name,
@@ -438,9 +439,10 @@ fn respond(response: pb::ModelInferResponse, binary: &BinaryOutputs) -> Response
     response
 }
 
-/// A raw output as JSON `data`: BYTES as strings (every output of this model is UTF-8),
-/// FP32 as numbers.
-fn json_data(datatype: &str, raw: &[u8]) -> Value {
+/// A raw output as JSON `data`: BYTES as strings, or `{"b64": ...}` for the binary outputs (the
+/// convention inputs use), FP32 as numbers.
+fn json_data(name: &str, datatype: &str, raw: &[u8]) -> Value {
+    let binary = OutputKind::from_name(name).is_some_and(OutputKind::is_binary);
     match datatype {
         // Through the f32's shortest decimal form: 0.96, not 0.9599999785423279.
         "FP32" => raw
@@ -451,7 +453,10 @@ fn json_data(datatype: &str, raw: &[u8]) -> Value {
         _ => tensor::split_bytes(&Bytes::copy_from_slice(raw))
             .unwrap_or_default()
             .iter()
-            .map(|e| Value::from(String::from_utf8_lossy(e).into_owned()))
+            .map(|e| match binary {
+                true => serde_json::json!({ "b64": base64::engine::general_purpose::STANDARD.encode(e) }),
+                false => Value::from(String::from_utf8_lossy(e).into_owned()),
+            })
             .collect(),
     }
 }
