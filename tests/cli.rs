@@ -40,7 +40,8 @@ fn ocr_json_has_text_confidence_and_words() {
 
 #[test]
 fn ocr_reads_a_pdf_page_by_page() {
-    use common::documents::{pages_text, scan_pdf, Encoding, PAGE_TEXT};
+    use common::documents::{pages_text, PAGE_TEXT};
+    use tesserve_load::pdf::{scan_pdf, Encoding};
     let path = std::env::temp_dir().join(format!("tesserve-cli-{}.pdf", std::process::id()));
     std::fs::write(&path, scan_pdf(&pages_text(3), Encoding::Flate, None)).unwrap();
     let file = path.to_str().unwrap();

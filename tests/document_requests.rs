@@ -10,7 +10,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::{
     assert_text, distance,
-    documents::{pages_text, scan_pdf, tiff_file, Encoding, PAGE_TEXT},
+    documents::{pages_text, tiff_file, PAGE_TEXT},
     TestServer,
 };
 use image::{imageops, GrayImage};
@@ -23,6 +23,7 @@ use tesserve::{
         InferParameter,
     },
 };
+use tesserve_load::pdf::{scan_pdf, Encoding};
 use tonic::Code;
 
 fn page_text(number: usize) -> String {

@@ -8,14 +8,13 @@ mod common;
 use std::{io::Cursor, sync::atomic::AtomicBool};
 
 use bytes::Bytes;
-use common::documents::{
-    hand_pdf, pages_text, scan_pdf, tiff_file, vector_pdf, Encoding, PAGE_TEXT,
-};
+use common::documents::{hand_pdf, pages_text, tiff_file, vector_pdf, PAGE_TEXT};
 use image::GrayImage;
 use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref};
 use tesserve::ocr::{
     sniff, Document, DocumentError, DocumentLimits, Dpi, Kind, PageIndex, PageSize, RenderedPage,
 };
+use tesserve_load::pdf::{scan_pdf, Encoding};
 
 const LIMITS: DocumentLimits = DocumentLimits {
     max_bytes: 16 << 20,

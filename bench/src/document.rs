@@ -7,17 +7,17 @@ use std::{path::Path, process::Command, time::Instant};
 use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
 use image::{GrayImage, ImageFormat};
-use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref};
 use tesserve::ocr::{Document, DocumentLimits, Dpi};
 use tesserve_load::{
     ceiling,
     images::{self, Sample},
+    pdf::{scan_pdf, Encoding},
     render::{encode, Renderer},
 };
 
 use crate::{server::Server, Error, Spread};
 
-/// The resolution the pages are scanned at and rendered back at.
+/// The resolution the pages are rendered back at: the one [`scan_pdf`] places them at.
 const DPI: u32 = 300;
 
 #[derive(Debug)]
@@ -59,7 +59,11 @@ pub fn measure(
     let scans = (0..pages as u64)
         .map(|seed| images::a4_page(renderer, 100 + seed))
         .collect::<Result<Vec<_>, _>>()?;
-    let pdf = scanned_pdf(&scans)?;
+    let gray = scans
+        .iter()
+        .map(|scan| Ok(image::load_from_memory(&scan.image)?.to_luma8()))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let pdf = scan_pdf(&gray, Encoding::Flate, None);
     let rendered = prerender(&pdf)?;
     let dir = std::env::temp_dir().join(format!("tesserve-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -175,49 +179,6 @@ fn read(server: &Server, pdf: &[u8], pages: &str, searchable: bool) -> Result<An
         text: output("text")?.as_str().unwrap_or_default().to_owned(),
         pages: serde_json::from_str(output("pages")?.as_str().unwrap_or_default())?,
     })
-}
-
-/// One gray image a page, Flate-compressed and placed at [`DPI`], as a copier writes them.
-fn scanned_pdf(scans: &[Sample]) -> Result<Vec<u8>, Error> {
-    let mut pdf = Pdf::new();
-    let (catalog, tree) = (Ref::new(1), Ref::new(2));
-    let mut kids = Vec::new();
-    for (i, scan) in scans.iter().enumerate() {
-        let base = 3 + 3 * i as i32;
-        let (page_id, image_id, content_id) =
-            (Ref::new(base), Ref::new(base + 1), Ref::new(base + 2));
-        let image = image::load_from_memory(&scan.image)?.to_luma8();
-        let points = |pixels: u32| pixels as f32 * 72.0 / DPI as f32;
-        let (width, height) = (points(image.width()), points(image.height()));
-        let mut page = pdf.page(page_id);
-        page.parent(tree)
-            .media_box(Rect::new(0.0, 0.0, width, height))
-            .contents(content_id);
-        page.resources().x_objects().pair(Name(b"Im0"), image_id);
-        page.finish();
-        let data = miniz_oxide::deflate::compress_to_vec_zlib(image.as_raw(), 6);
-        let mut xobject = pdf.image_xobject(image_id, &data);
-        xobject.filter(Filter::FlateDecode);
-        xobject
-            .width(image.width() as i32)
-            .height(image.height() as i32)
-            .bits_per_component(8);
-        xobject.color_space().device_gray();
-        xobject.finish();
-        let mut content = Content::new();
-        content
-            .save_state()
-            .transform([width, 0.0, 0.0, height, 0.0, 0.0])
-            .x_object(Name(b"Im0"))
-            .restore_state();
-        pdf.stream(content_id, &content.finish());
-        kids.push(page_id);
-    }
-    pdf.pages(tree)
-        .kids(kids.iter().copied())
-        .count(kids.len() as i32);
-    pdf.catalog(catalog).pages(tree);
-    Ok(pdf.finish())
 }
 
 /// The pages as the server's renderer makes them, for raw Tesseract to read.

@@ -15,6 +15,7 @@
 
 pub mod ceiling;
 pub mod images;
+pub mod pdf;
 pub mod render;
 mod report;
 
